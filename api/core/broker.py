@@ -1,0 +1,46 @@
+"""The Celery client both sides share: the API sends `drlora.train_job(job_id)`, the worker consumes it.
+
+The message is only a doorbell carrying the job id; the job row decides whether anything runs. Embedded, the broker
+is kombu's filesystem transport under the data dir (no server to run); in production it is Redis.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from api.core.settings import Settings
+
+TRAIN_TASK = "drlora.train_job"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("drlora", broker=settings.broker, set_as_current=False)
+    app.conf.update(
+        task_default_queue=settings.task_queue,
+        task_ignore_result=True,
+        result_backend=None,
+        broker_connection_retry_on_startup=True,
+        # A send must not hang a request when the broker is down: fail fast, the sweep re-sends later.
+        broker_connection_timeout=2,
+        broker_connection_max_retries=0,
+        task_publish_retry=False,
+    )
+    if settings.broker.startswith("filesystem"):
+        folder = settings.broker_dir
+        for sub in ("queue", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        app.conf.broker_transport_options = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),  # kombu's default is ./control in the working dir
+            "store_processed": False,
+        }
+    else:
+        app.conf.broker_transport_options = {"socket_connect_timeout": 2, "socket_timeout": 5}
+    return app
+
+
+def send_train(app: Celery, job_id: str) -> None:
+    """Raises whatever the broker raises; callers leave the job queued and let the sweep retry."""
+    app.send_task(TRAIN_TASK, args=[job_id], retry=False)

@@ -1,0 +1,74 @@
+"""One settings object for every process, read from `DRLORA_*` environment variables, with embedded defaults.
+
+Without any variable set, everything lives under `DRLORA_DATA_DIR` (default `~/.drlora`): a SQLite database in WAL
+mode, kombu's filesystem broker, uploaded files, training runs and published artifacts. Production points
+`DRLORA_DATABASE_URL` at PostgreSQL and `DRLORA_BROKER_URL` at Redis, and mounts `DRLORA_DATA_DIR` on shared storage
+so that a job can resume on another worker from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DRLORA_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".drlora")
+    database_url: str = ""  # empty: sqlite:///<data_dir>/drlora.db
+    broker_url: str = ""  # empty: filesystem broker under <data_dir>/broker
+    artifact_dir: Path | None = None  # default <data_dir>/artifacts
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+    max_upload_bytes: int = 100 * 2**20
+    max_dataset_lines: int = 1_000_000
+    max_line_bytes: int = 2**20
+
+    heartbeat_interval_s: float = 10.0
+    lease_s: float = 60.0
+    sweep_interval_s: float = 15.0
+    redispatch_after_s: float = 120.0
+    max_attempts: int = 3
+    job_time_limit_s: float = 7 * 24 * 3600.0
+    default_checkpoint_every: int = 50
+    device: str = "auto"
+    task_queue: str = "drlora"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'drlora.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.sqlalchemy_url.startswith("sqlite")
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.artifact_dir or self.data_dir / "artifacts"
+
+    @property
+    def files_root(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def runs_root(self) -> Path:
+        return self.data_dir / "runs"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,57 @@
+"""Dependency aliases for the routes: `SessionDep`, `SettingsDep`, `CeleryDep`, `CurrentTenant`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.core.errors import Unauthorized
+from api.core.keys import tenant_for_key
+from api.core.settings import Settings
+from api.core.tables import Tenant
+
+bearer = HTTPBearer(auto_error=False, description="An API key from `drlora keys create --tenant NAME`")
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessionmaker() as session:
+        yield session
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_celery(request: Request) -> Celery:
+    return request.app.state.celery
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+
+
+def get_current_tenant(
+    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Tenant:
+    if credentials is None:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
+    tenant = tenant_for_key(session, credentials.credentials)
+    if tenant is None:
+        raise Unauthorized("invalid or revoked API key", code="invalid_api_key")
+    return tenant
+
+
+CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]
+
+
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    return request.app.state.sessionmaker
+
+
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]

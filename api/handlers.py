@@ -1,0 +1,61 @@
+"""Every error leaves in OpenAI's shape: {"error": {"message", "type", "param", "code"}} (+ "line" for datasets)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from api.core.errors import ServiceError
+
+log = logging.getLogger("drlora.api")
+
+
+def error_response(status: int, message: str, type: str, *, param: str | None = None, code: str | None = None,
+                   line: int | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"message": message, "type": type, "param": param, "code": code}
+    if line is not None:
+        body["line"] = line
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _service_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return error_response(exc.status_code, exc.message, exc.type, param=exc.param, code=exc.code, line=exc.line,
+                          headers=headers)
+
+
+def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header", "form")]
+    if len(loc) >= 3 and loc[0] == "method" and loc[1] == loc[2]:
+        del loc[1]  # pydantic names the union member by its tag, which is also the next key
+    param = ".".join(loc) or None
+    message = f"{param}: {first['msg']}" if param else str(first["msg"])
+    return error_response(422, message, "invalid_request_error", param=param, code="invalid_value")
+
+
+def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    kind = {401: "authentication_error", 404: "not_found_error", 405: "invalid_request_error"}.get(
+        exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error"
+    )
+    return error_response(exc.status_code, str(exc.detail), kind, headers=getattr(exc, "headers", None))
+
+
+def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal server error", "server_error")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

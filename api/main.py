@@ -1,0 +1,63 @@
+"""The FastAPI application: `create_app(settings)`; `uvicorn api.main:app` uses the environment's settings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import handlers
+from api.core.broker import make_celery
+from api.core.db import make_engine, make_sessionmaker
+from api.core.settings import Settings, get_settings
+from api.core.sweep import SweepThread
+from api.limits import UploadLimit
+from api.routes import drlora, events, files, health, jobs, models
+from api.schemas.errors import ErrorPublic
+
+log = logging.getLogger("drlora.api")
+
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorPublic, "description": text} for code, text in (
+        (400, "Invalid request"), (401, "Missing or invalid API key"), (404, "Not found (also another tenant's id)"),
+        (409, "The job's state does not allow this"), (413, "Upload too large"), (422, "Validation error"),
+        (500, "Server error"),
+    )
+}
+
+
+def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+    for folder in (settings.data_dir, settings.files_root, settings.artifact_root):
+        folder.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.sqlalchemy_url)
+    factory = make_sessionmaker(engine)
+    celery = make_celery(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sweeper = SweepThread(factory, celery, settings) if sweep else None
+        if sweeper:
+            sweeper.start()
+        yield
+        if sweeper:
+            sweeper.stop()
+        engine.dispose()
+
+    app = FastAPI(title="drlora", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES,
+                  description="Fine-tune Mixture-of-Experts models with DR-LoRA; OpenAI fine-tuning API shapes.")
+    app.state.settings, app.state.engine, app.state.sessionmaker, app.state.celery = settings, engine, factory, celery
+    handlers.install(app)
+    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    for module in (health, files, models, jobs, events, drlora):
+        app.include_router(module.router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn api.main:app` builds the app on first access, so importing this module has no side effects.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

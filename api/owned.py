@@ -1,0 +1,22 @@
+"""Look-ups by id that answer 404 for another tenant's rows exactly as for unknown ids."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from api.core.errors import NotFound
+from api.core.tables import File, Job, Tenant
+
+
+def get_owned_file(session: Session, tenant: Tenant, file_id: str, *, param: str = "file_id") -> File:
+    row = session.get(File, file_id)
+    if row is None or row.tenant_id != tenant.id:
+        raise NotFound(f"no file with id {file_id!r}", param=param, code="file_not_found")
+    return row
+
+
+def get_owned_job(session: Session, tenant: Tenant, job_id: str) -> Job:
+    row = session.get(Job, job_id)
+    if row is None or row.tenant_id != tenant.id:
+        raise NotFound(f"no fine-tuning job with id {job_id!r}", param="fine_tuning_job_id", code="job_not_found")
+    return row

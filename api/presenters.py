@@ -1,0 +1,45 @@
+"""Rows to public bodies: the one place that decides which columns a client sees (never attempt, lease, paths)."""
+
+from __future__ import annotations
+
+from api.core.jobs import fine_tuned_model_name
+from api.core.tables import Checkpoint, Job, JobEvent
+from api.schemas.jobs import CheckpointPublic, EventPublic, JobError, JobProgress, JobPublic
+
+
+def _int(t: float | None) -> int | None:
+    return None if t is None else int(t)
+
+
+def job_public(job: Job) -> JobPublic:
+    return JobPublic(
+        id=job.id, created_at=int(job.created_at), finished_at=_int(job.finished_at), model=job.model,
+        fine_tuned_model=job.fine_tuned_model, status=job.status,  # type: ignore[arg-type]
+        training_file=job.training_file, validation_file=job.validation_file, hyperparameters=job.hyperparameters,
+        method={"type": job.method, job.method: {"hyperparameters": job.hyperparameters}}, seed=job.seed,
+        trained_tokens=job.trained_tokens, error=JobError(**job.error) if job.error else None, result_files=[],
+        estimated_finish=_int(job.estimated_finish), metadata=job.meta,
+        progress=JobProgress(step=job.step, total_steps=job.total_steps),
+    )
+
+
+def event_id(event: JobEvent) -> str:
+    return f"ftevent-{event.id}"
+
+
+def parse_event_id(value: str) -> int | None:
+    digits = value.removeprefix("ftevent-")
+    return int(digits) if digits.isdigit() else None
+
+
+def event_public(event: JobEvent) -> EventPublic:
+    return EventPublic(id=event_id(event), created_at=int(event.created_at), level=event.level,
+                       message=event.message, type=event.type, data=event.data)  # type: ignore[arg-type]
+
+
+def checkpoint_public(job: Job, ckpt: Checkpoint) -> CheckpointPublic:
+    return CheckpointPublic(
+        id=ckpt.id, created_at=int(ckpt.created_at), fine_tuning_job_id=job.id, step_number=ckpt.step,
+        fine_tuned_model_checkpoint=f"{fine_tuned_model_name(job)}:ckpt-step-{ckpt.step}",
+        metrics=dict(ckpt.metrics or {}),
+    )

@@ -1,0 +1,122 @@
+"""The DR-LoRA resources of a job: rank map (now or `?step=`), expert signals, metric series, adapter zip."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+
+from api.core.errors import Conflict, NotFound, ServiceError
+from api.core.storage import StorageError, verified_path
+from api.core.tables import Artifact, Checkpoint, ExpertStat, GrowthEvent, Job, Metric, RankSnapshot
+from api.deps import CurrentTenant, SessionDep, SettingsDep
+from api.owned import get_owned_job
+from api.schemas.drlora import ExpertsPublic, GrowthEventPublic, MetricPublic, MetricsPublic, RanksPublic
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["dr-lora"])
+
+
+def _rank_bounds(job: Job) -> tuple[int, int, int]:
+    hp = job.hyperparameters
+    r_target = int(hp["r_target"])
+    return int(hp.get("r_init", r_target)), r_target, int(hp.get("r_max", r_target))
+
+
+@router.get("/{fine_tuning_job_id}/ranks", response_model=RanksPublic)
+def get_ranks(
+    session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: str,
+    step: Annotated[int | None, Query(ge=0, description="the rank map as it stood after this step")] = None,
+) -> RanksPublic:
+    job = get_owned_job(session, tenant, fine_tuning_job_id)
+    snapshots = select(RankSnapshot).where(RankSnapshot.job_id == job.id)
+    growth = select(GrowthEvent).where(GrowthEvent.job_id == job.id)
+    if step is not None:
+        snapshots = snapshots.where(RankSnapshot.step <= step)
+        growth = growth.where(GrowthEvent.step <= step)
+    snapshot = session.scalar(snapshots.order_by(RankSnapshot.step.desc()).limit(1))
+    events = session.scalars(growth.order_by(GrowthEvent.step, GrowthEvent.layer, GrowthEvent.expert)).all()
+    r_init, r_target, r_max = _rank_bounds(job)
+    return RanksPublic(
+        method=job.method, r_init=r_init, r_target=r_target, r_max=r_max,
+        step=snapshot.step if snapshot else None, ranks=snapshot.ranks if snapshot else [],
+        events=[GrowthEventPublic(step=e.step, layer=e.layer, expert=e.expert, old_rank=e.old_rank,
+                                  new_rank=e.new_rank, saliency=e.saliency, frequency=e.frequency,
+                                  importance=e.importance) for e in events],
+    )
+
+
+@router.get("/{fine_tuning_job_id}/experts", response_model=ExpertsPublic)
+def get_experts(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: str) -> ExpertsPublic:
+    job = get_owned_job(session, tenant, fine_tuning_job_id)
+    stat = session.scalar(
+        select(ExpertStat).where(ExpertStat.job_id == job.id).order_by(ExpertStat.step.desc()).limit(1)
+    )
+    if stat is None:
+        return ExpertsPublic(step=None, frequency=[], importance=[], saliency=[], ranks=[])
+    return ExpertsPublic(step=stat.step, frequency=stat.frequency, importance=stat.importance,
+                         saliency=stat.saliency, ranks=stat.ranks)
+
+
+@router.get("/{fine_tuning_job_id}/metrics", response_model=MetricsPublic)
+def get_metrics(
+    session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: str,
+    after: Annotated[int | None, Query(ge=0, description="only steps after this one")] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> MetricsPublic:
+    job = get_owned_job(session, tenant, fine_tuning_job_id)
+    query = select(Metric).where(Metric.job_id == job.id)
+    if after is not None:
+        query = query.where(Metric.step > after)
+    rows = session.scalars(query.order_by(Metric.step).limit(limit + 1)).all()
+    data = [MetricPublic(step=m.step, train_loss=m.train_loss, valid_loss=m.valid_loss,
+                         learning_rate=m.learning_rate, tokens_per_second=m.tokens_per_second,
+                         grad_norm=m.grad_norm, trained_tokens=m.trained_tokens) for m in rows[:limit]]
+    return MetricsPublic(data=data, has_more=len(rows) > limit)
+
+
+def _find_artifact(session: SessionDep, job: Job, checkpoint: str | None) -> Artifact:
+    query = select(Artifact).where(Artifact.job_id == job.id)
+    if checkpoint is None:
+        if job.status != "succeeded":
+            raise Conflict(f"job {job.id} is {job.status}; its adapter exists once it has succeeded "
+                           "(use ?checkpoint= for an intermediate one)", code="adapter_not_ready")
+        query = query.where(Artifact.kind == "adapter")
+    else:
+        ckpt = session.get(Checkpoint, checkpoint)
+        if ckpt is None and checkpoint.isdigit():
+            ckpt = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id,
+                                                           Checkpoint.step == int(checkpoint)))
+        if ckpt is None or ckpt.job_id != job.id:
+            raise NotFound(f"no checkpoint {checkpoint!r} in job {job.id}", param="checkpoint",
+                           code="checkpoint_not_found")
+        query = query.where(Artifact.kind == "checkpoint", Artifact.checkpoint_id == ckpt.id)
+    artifact = session.scalar(query.order_by(Artifact.step.desc()).limit(1))
+    if artifact is None:
+        raise NotFound(f"no adapter stored for job {job.id}" + (f" at checkpoint {checkpoint!r}" if checkpoint
+                       else ""), param="checkpoint" if checkpoint else None, code="adapter_not_found")
+    return artifact
+
+
+@router.get("/{fine_tuning_job_id}/adapter", response_class=FileResponse,
+            responses={200: {"content": {"application/zip": {}},
+                             "description": "PEFT adapter zip; `ETag` and `Digest` carry its sha256"}})
+def download_adapter(
+    session: SessionDep, tenant: CurrentTenant, settings: SettingsDep, fine_tuning_job_id: str,
+    checkpoint: Annotated[str | None, Query(description="checkpoint id or step number", max_length=64)] = None,
+) -> FileResponse:
+    job = get_owned_job(session, tenant, fine_tuning_job_id)
+    artifact = _find_artifact(session, job, checkpoint)
+    try:
+        path = verified_path(settings.artifact_root, artifact.path, artifact.sha256)
+    except StorageError as e:
+        raise ServiceError(f"the stored adapter of job {job.id} failed its integrity check ({e}); it is not "
+                           "served", code="artifact_integrity") from None
+    digest = base64.b64encode(bytes.fromhex(artifact.sha256)).decode()
+    name = f"{job.id}-adapter.zip" if checkpoint is None else f"{job.id}-step-{artifact.step}-adapter.zip"
+    return FileResponse(path, media_type="application/zip", filename=name, headers={
+        "ETag": f'"{artifact.sha256}"', "Digest": f"sha-256={digest}", "Repr-Digest": f"sha-256=:{digest}:",
+        "X-Content-SHA256": artifact.sha256,
+    })

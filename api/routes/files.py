@@ -1,0 +1,107 @@
+"""Uploads are validated whole before anything is kept: a refused file leaves no row and no bytes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Query, Request, UploadFile
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+
+from api.core.errors import InvalidRequest, NotFound, PayloadTooLarge
+from api.core.ids import new_id, now
+from api.core.storage import StorageError, resolve_inside, write_atomic
+from api.core.tables import File
+from api.deps import CurrentTenant, SessionDep, SettingsDep
+from api.owned import get_owned_file
+from api.schemas.files import FileDeleted, FilePublic, FilesPublic
+from drlora_core.formats import DatasetError, validate_jsonl
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+PURPOSES = ("fine-tune",)
+
+
+def file_public(row: File) -> FilePublic:
+    return FilePublic(id=row.id, bytes=row.bytes, created_at=int(row.created_at), filename=row.filename,
+                      purpose=row.purpose, format=row.format, lines=row.lines)
+
+
+async def _read_capped(request: Request, upload: UploadFile, cap: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap + 64 * 1024:
+        raise PayloadTooLarge(f"the upload is over the {cap} byte limit", param="file", code="file_too_large")
+    chunks, size = [], 0
+    while chunk := await upload.read(1 << 20):
+        size += len(chunk)
+        if size > cap:
+            raise PayloadTooLarge(f"the file is over the {cap} byte limit", param="file", code="file_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post("", response_model=FilePublic)
+async def upload_file(
+    request: Request, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep,
+    file: UploadFile, purpose: Annotated[str, Form()],
+) -> FilePublic:
+    if purpose not in PURPOSES:
+        raise InvalidRequest(f"purpose must be one of {', '.join(PURPOSES)}", param="purpose", code="invalid_purpose")
+    data = await _read_capped(request, file, settings.max_upload_bytes)
+    try:
+        summary = validate_jsonl(data, max_bytes=settings.max_upload_bytes, max_lines=settings.max_dataset_lines,
+                                 max_line_bytes=settings.max_line_bytes)
+    except DatasetError as e:
+        raise InvalidRequest(f"invalid training file: {e}", param="file", code="invalid_file", line=e.line) from None
+    file_id = new_id("file")
+    relative = f"{tenant.id}/{file_id}.jsonl"
+    sha256, size = write_atomic(settings.files_root / relative, [data])
+    row = File(id=file_id, tenant_id=tenant.id, filename=(file.filename or "upload.jsonl")[:500], purpose=purpose,
+               bytes=size, format=summary.format, lines=summary.lines, sha256=sha256, path=relative,
+               created_at=now())
+    session.add(row)
+    session.commit()
+    return file_public(row)
+
+
+@router.get("", response_model=FilesPublic)
+def list_files(
+    session: SessionDep, tenant: CurrentTenant,
+    after: str | None = None, limit: Annotated[int, Query(ge=1, le=10_000)] = 100, purpose: str | None = None,
+) -> FilesPublic:
+    query = select(File).where(File.tenant_id == tenant.id)
+    if purpose:
+        query = query.where(File.purpose == purpose)
+    if after:
+        cursor = get_owned_file(session, tenant, after)
+        query = query.where((File.created_at < cursor.created_at)
+                            | ((File.created_at == cursor.created_at) & (File.id < cursor.id)))
+    rows = session.scalars(query.order_by(File.created_at.desc(), File.id.desc()).limit(limit + 1)).all()
+    data = [file_public(r) for r in rows[:limit]]
+    return FilesPublic(data=data, has_more=len(rows) > limit, first_id=data[0].id if data else None,
+                       last_id=data[-1].id if data else None)
+
+
+@router.get("/{file_id}", response_model=FilePublic)
+def retrieve_file(session: SessionDep, tenant: CurrentTenant, file_id: str) -> FilePublic:
+    return file_public(get_owned_file(session, tenant, file_id))
+
+
+@router.get("/{file_id}/content", response_class=FileResponse,
+            responses={200: {"content": {"application/jsonl": {}}}})
+def file_content(session: SessionDep, tenant: CurrentTenant, settings: SettingsDep, file_id: str) -> FileResponse:
+    row = get_owned_file(session, tenant, file_id)
+    try:
+        path = resolve_inside(settings.files_root, row.path)
+    except StorageError:
+        raise NotFound(f"the content of file {file_id!r} is no longer stored", param="file_id") from None
+    return FileResponse(path, media_type="application/jsonl", filename=row.filename)
+
+
+@router.delete("/{file_id}", response_model=FileDeleted)
+def delete_file(session: SessionDep, tenant: CurrentTenant, settings: SettingsDep, file_id: str) -> FileDeleted:
+    row = get_owned_file(session, tenant, file_id)
+    session.delete(row)
+    session.commit()
+    (settings.files_root / row.path).unlink(missing_ok=True)
+    return FileDeleted(id=file_id)

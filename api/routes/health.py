@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import text
+
+from api.core.errors import Unavailable
+from api.deps import SessionDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(session: SessionDep) -> dict[str, str]:
+    try:
+        session.execute(text("SELECT 1"))
+    except Exception as e:
+        raise Unavailable(f"database unreachable: {type(e).__name__}", code="database_unavailable") from None
+    return {"status": "ready"}

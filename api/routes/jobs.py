@@ -1,0 +1,152 @@
+"""Fine-tuning jobs: create (commit, then send the job id to the broker), list, retrieve, cancel, pause, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.core import jobs as transitions
+from api.core.errors import InvalidRequest, Unprocessable
+from api.core.events import add_event
+from api.core.ids import new_id, now
+from api.core.settings import Settings
+from api.core.sweep import dispatch
+from api.core.tables import File, Job, RegisteredModel, Tenant
+from api.deps import CeleryDep, CurrentTenant, SessionDep, SessionFactoryDep, SettingsDep
+from api.owned import get_owned_job
+from api.presenters import job_public
+from api.schemas.jobs import DrLoraMethod, JobCreate, JobPublic, JobsPublic
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+
+
+def _request_hash(body: JobCreate) -> str:
+    return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _replay(session: Session, tenant: Tenant, key: str, request_hash: str) -> Job | None:
+    job = session.scalar(select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == key))
+    if job is not None and job.request_hash != request_hash:
+        raise Unprocessable(f"Idempotency-Key {key!r} was used with a different request body",
+                            param="Idempotency-Key", code="idempotency_key_reused")
+    return job
+
+
+def _check_file(session: Session, tenant: Tenant, file_id: str, param: str) -> None:
+    row = session.get(File, file_id)
+    if row is None or row.tenant_id != tenant.id:
+        raise InvalidRequest(f"no file with id {file_id!r}; upload it with POST /v1/files", param=param,
+                             code="file_not_found")
+    if row.purpose != "fine-tune":
+        raise InvalidRequest(f"file {file_id!r} has purpose {row.purpose!r}, not 'fine-tune'", param=param,
+                             code="invalid_file_purpose")
+
+
+def _new_job(session: Session, tenant: Tenant, body: JobCreate, settings: Settings) -> Job:
+    if session.get(RegisteredModel, body.model) is None:
+        raise InvalidRequest(f"model {body.model!r} is not available; GET /v1/models lists the base models",
+                             param="model", code="model_not_found")
+    _check_file(session, tenant, body.training_file, "training_file")
+    if body.validation_file:
+        _check_file(session, tenant, body.validation_file, "validation_file")
+    method = body.method or DrLoraMethod(type="dr_lora")
+    hyperparameters = getattr(method, method.type).hyperparameters.model_dump()
+    if hyperparameters["checkpoint_every"] is None:
+        hyperparameters["checkpoint_every"] = settings.default_checkpoint_every
+    return Job(
+        id=new_id("ftjob"), tenant_id=tenant.id, model=body.model, training_file=body.training_file,
+        validation_file=body.validation_file, method=method.type, hyperparameters=hyperparameters,
+        seed=body.seed if body.seed is not None else secrets.randbelow(2**31), suffix=body.suffix,
+        meta=body.metadata, status="queued", step=0, created_at=now(), attempt=0, lost_attempts=0,
+        max_attempts=settings.max_attempts,
+    )
+
+
+@router.post("", response_model=JobPublic)
+def create_job(
+    body: JobCreate, session: SessionDep, factory: SessionFactoryDep, tenant: CurrentTenant,
+    settings: SettingsDep, celery: CeleryDep, idempotency_key: IdempotencyKey = None,
+) -> JobPublic:
+    request_hash = _request_hash(body)
+    if idempotency_key and (existing := _replay(session, tenant, idempotency_key, request_hash)):
+        return job_public(existing)
+    job = _new_job(session, tenant, body, settings)
+    job.idempotency_key, job.request_hash = idempotency_key, request_hash
+    session.add(job)
+    add_event(session, job.id, 0, f"Created fine-tuning job {job.id} ({job.method} on {job.model})")
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
+        session.rollback()
+        existing = _replay(session, tenant, idempotency_key or "", request_hash)
+        if existing is None:
+            raise
+        return job_public(existing)
+    dispatch(factory, celery, job.id)
+    session.refresh(job)
+    return job_public(job)
+
+
+def _metadata_filters(request: Request) -> dict[str, str]:
+    return {k[len("metadata["):-1]: v for k, v in request.query_params.items()
+            if k.startswith("metadata[") and k.endswith("]")}
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    request: Request, session: SessionDep, tenant: CurrentTenant,
+    after: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> JobsPublic:
+    query = select(Job).where(Job.tenant_id == tenant.id)
+    for key, value in _metadata_filters(request).items():
+        query = query.where(Job.meta[key].as_string() == value)
+    if after:
+        cursor = get_owned_job(session, tenant, after)
+        query = query.where((Job.created_at < cursor.created_at)
+                            | ((Job.created_at == cursor.created_at) & (Job.id < cursor.id)))
+    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
+    return JobsPublic(data=[job_public(j) for j in rows[:limit]], has_more=len(rows) > limit)
+
+
+@router.get("/{fine_tuning_job_id}", response_model=JobPublic)
+def retrieve_job(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: str) -> JobPublic:
+    return job_public(get_owned_job(session, tenant, fine_tuning_job_id))
+
+
+@router.post("/{fine_tuning_job_id}/cancel", response_model=JobPublic)
+def cancel_job(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: str) -> JobPublic:
+    job = get_owned_job(session, tenant, fine_tuning_job_id)
+    transitions.cancel(session, job)
+    session.commit()
+    return job_public(job)
+
+
+@router.post("/{fine_tuning_job_id}/pause", response_model=JobPublic)
+def pause_job(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: str) -> JobPublic:
+    job = get_owned_job(session, tenant, fine_tuning_job_id)
+    transitions.pause(session, job)
+    session.commit()
+    return job_public(job)
+
+
+@router.post("/{fine_tuning_job_id}/resume", response_model=JobPublic)
+def resume_job(
+    session: SessionDep, factory: SessionFactoryDep, celery: CeleryDep, tenant: CurrentTenant,
+    fine_tuning_job_id: str,
+) -> JobPublic:
+    job = get_owned_job(session, tenant, fine_tuning_job_id)
+    requeued = transitions.resume(session, job)
+    session.commit()
+    if requeued:
+        dispatch(factory, celery, job.id)
+        session.refresh(job)
+    return job_public(job)

@@ -1,0 +1,1 @@
+"""Request and response bodies, one naming family per resource: `XCreate` in, `XPublic` out, `XsPublic` lists."""

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.schemas.hyperparameters import DrLoraHyperparameters, LoraHyperparameters, StaticHyperparameters
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DrLoraSpec(_Strict):
+    hyperparameters: DrLoraHyperparameters = Field(default_factory=DrLoraHyperparameters)
+
+
+class LoraSpec(_Strict):
+    hyperparameters: LoraHyperparameters = Field(default_factory=LoraHyperparameters)
+
+
+class StaticSpec(_Strict):
+    hyperparameters: StaticHyperparameters = Field(default_factory=StaticHyperparameters)
+
+
+class DrLoraMethod(_Strict):
+    type: Literal["dr_lora"]
+    dr_lora: DrLoraSpec = Field(default_factory=DrLoraSpec)
+
+
+class LoraMethod(_Strict):
+    type: Literal["lora"]
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+
+
+class StaticMethod(_Strict):
+    type: Literal["static"]
+    static: StaticSpec = Field(default_factory=StaticSpec)
+
+
+Method = Annotated[DrLoraMethod | LoraMethod | StaticMethod, Field(discriminator="type")]
+
+METADATA_KEY = r"^[A-Za-z0-9_.\-]{1,64}$"
+
+
+class JobCreate(_Strict):
+    model: str = Field(min_length=1, max_length=200)
+    training_file: str = Field(min_length=1, max_length=40)
+    validation_file: str | None = Field(None, max_length=40)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    suffix: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    metadata: dict[Annotated[str, Field(pattern=METADATA_KEY)], Annotated[str, Field(max_length=512)]] | None = Field(
+        None, max_length=16
+    )
+    method: Method | None = None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class JobProgress(BaseModel):
+    step: int
+    total_steps: int | None
+
+
+class JobPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    finished_at: int | None
+    model: str
+    fine_tuned_model: str | None
+    status: Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
+    training_file: str
+    validation_file: str | None
+    hyperparameters: dict[str, Any]
+    method: dict[str, Any]
+    seed: int
+    trained_tokens: int | None
+    error: JobError | None
+    result_files: list[str]
+    estimated_finish: int | None
+    metadata: dict[str, str] | None
+    progress: JobProgress
+
+
+class JobsPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobPublic]
+    has_more: bool
+
+
+class EventPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: Literal["message", "metrics"]
+    data: dict[str, Any] | None
+
+
+class EventsPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EventPublic]
+    has_more: bool
+
+
+class CheckpointPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: dict[str, float | int | None]
+    step_number: int
+
+
+class CheckpointsPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[CheckpointPublic]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None

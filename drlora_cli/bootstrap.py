@@ -1,0 +1,90 @@
+"""Setting up a deployment: migrate the database, register base models, create API keys."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import select
+
+from api.core.db import make_engine, make_sessionmaker, transaction
+from api.core.ids import now
+from api.core.keys import NewKey, create_key
+from api.core.settings import Settings
+from api.core.tables import RegisteredModel
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["configure_logger"] = False
+    return config
+
+
+def migrate(settings: Settings) -> None:
+    if settings.is_sqlite:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(settings.sqlalchemy_url), "head")
+
+
+def register_model(settings: Settings, model_id: str, path: Path, owned_by: str = "system") -> None:
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"{path} is not a Hugging Face model directory (no config.json)")
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            row = session.get(RegisteredModel, model_id)
+            if row is None:
+                session.add(RegisteredModel(id=model_id, path=str(path.resolve()), owned_by=owned_by,
+                                            created_at=now()))
+            else:
+                row.path, row.owned_by = str(path.resolve()), owned_by
+    finally:
+        engine.dispose()
+
+
+def register_demo_model(settings: Settings) -> bool:
+    """Registers the bundled demo model; False (with a warning) when this installation does not carry it."""
+    from drlora_core.assets import DEMO_MODEL_ID, demo_model_dir  # pathlib only: no torch
+
+    if not (demo_model_dir() / "config.json").is_file():
+        print(f"warning: the demo model is missing at {demo_model_dir()}; register base models with "
+              "`drlora models add ID DIR`", file=sys.stderr)
+        return False
+    register_model(settings, DEMO_MODEL_ID, demo_model_dir())
+    return True
+
+
+def new_key(settings: Settings, tenant: str) -> NewKey:
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            return create_key(session, tenant)
+    finally:
+        engine.dispose()
+
+
+def first_key(settings: Settings, key_file: Path, tenant: str = "default") -> str | None:
+    """Creates a key on first start and writes it to `key_file` (mode 600); returns it, or None if one existed."""
+    if key_file.is_file() and key_file.read_text().strip():
+        return None
+    key = new_key(settings, tenant).key
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
+def registered_models(settings: Settings) -> list[str]:
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            return list(session.scalars(select(RegisteredModel.id)).all())
+    finally:
+        engine.dispose()

@@ -1,0 +1,185 @@
+"""Client commands against a running service: `drlora files`, `drlora jobs`, `drlora adapter`.
+
+They read `DRLORA_BASE_URL` (default http://127.0.0.1:8000) and `DRLORA_API_KEY`, print JSON objects as the API
+returns them (tables for lists), and exit non-zero with the API's error message when a request is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+METHODS = ("dr_lora", "lora", "static")
+
+
+def register(subparsers: Any) -> None:
+    files = subparsers.add_parser("files", help="training files").add_subparsers(dest="files_command", required=True)
+    p = files.add_parser("upload", help="upload and validate a JSONL dataset")
+    p.add_argument("path", type=Path)
+    p.add_argument("--purpose", default="fine-tune")
+    p.set_defaults(handler=files_upload)
+
+    jobs = subparsers.add_parser("jobs", help="fine-tuning jobs").add_subparsers(dest="jobs_command", required=True)
+    p = jobs.add_parser("create", help="start a fine-tuning job")
+    p.add_argument("--model", default="drlora-demo-moe")
+    p.add_argument("--training-file", required=True, help="file id from `drlora files upload`")
+    p.add_argument("--validation-file")
+    p.add_argument("--method", choices=METHODS, default="dr_lora")
+    p.add_argument("--set", dest="hyperparameters", action="append", default=[], metavar="NAME=VALUE",
+                   help="a hyperparameter, e.g. --set max_steps=20 --set r_init=2 (repeatable)")
+    p.add_argument("--suffix")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--idempotency-key")
+    p.add_argument("--watch", action="store_true", help="follow the job until it ends")
+    p.set_defaults(handler=jobs_create)
+
+    p = jobs.add_parser("list", help="your jobs, newest first")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--after")
+    p.set_defaults(handler=jobs_list)
+    for name, help_text in (("get", "show a job"), ("cancel", "cancel a job"), ("pause", "pause a job at a checkpoint"),
+                            ("resume", "resume a paused job from its checkpoint")):
+        p = jobs.add_parser(name, help=help_text)
+        p.add_argument("job_id")
+        p.set_defaults(handler=jobs_action, action=name)
+    p = jobs.add_parser("watch", help="live progress, loss and rank heatmap of a job")
+    p.add_argument("job_id")
+    p.add_argument("--interval", type=float, default=1.0)
+    p.set_defaults(handler=jobs_watch)
+
+    adapter = subparsers.add_parser("adapter", help="trained adapters").add_subparsers(dest="adapter_command",
+                                                                                        required=True)
+    p = adapter.add_parser("download", help="download a job's adapter zip and check its sha256")
+    p.add_argument("job_id")
+    p.add_argument("-o", "--output", type=Path, help="zip path (default <job id>-adapter.zip)")
+    p.add_argument("--checkpoint", help="an intermediate checkpoint (id or step) instead of the final adapter")
+    p.add_argument("--extract", type=Path, help="also unpack it into this directory (PEFT loads it from there)")
+    p.set_defaults(handler=adapter_download)
+
+
+def _client() -> Any:
+    from drlora_cli.client import Client
+
+    return Client()
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"{what} must look like NAME=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _run(fn: Any) -> int:
+    import httpx
+
+    from drlora_cli.client import ClientError, base_url
+
+    try:
+        fn()
+    except ClientError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as e:
+        print(f"error: cannot reach {base_url()} ({e}); is the service running? (DRLORA_BASE_URL)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def files_upload(args: argparse.Namespace) -> int:
+    return _run(lambda: _print(_client().upload(args.path, args.purpose)))
+
+
+def jobs_create(args: argparse.Namespace) -> int:
+    hyperparameters = {k: _parse_value(v) for k, v in _pairs(args.hyperparameters, "--set").items()}
+    body: dict[str, Any] = {"model": args.model, "training_file": args.training_file,
+                            "method": {"type": args.method, args.method: {"hyperparameters": hyperparameters}}}
+    for key, value in (("validation_file", args.validation_file), ("suffix", args.suffix), ("seed", args.seed)):
+        if value is not None:
+            body[key] = value
+    if args.metadata:
+        body["metadata"] = _pairs(args.metadata, "--metadata")
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+
+    def create() -> None:
+        client = _client()
+        job = client.post("/fine_tuning/jobs", json=body, headers=headers)
+        _print(job)
+        if args.watch:
+            from drlora_cli.watch import watch
+
+            watch(client, job["id"])
+
+    return _run(create)
+
+
+def jobs_list(args: argparse.Namespace) -> int:
+    def show() -> None:
+        page = _client().get("/fine_tuning/jobs", limit=args.limit, after=args.after)
+        print(f"{'id':<32} {'status':<10} {'model':<20} {'step':>12}  fine_tuned_model")
+        for job in page["data"]:
+            progress = job["progress"]
+            step = f"{progress['step']}/{progress['total_steps'] or '?'}"
+            print(f"{job['id']:<32} {job['status']:<10} {job['model']:<20} {step:>12}  {job['fine_tuned_model'] or ''}")
+        if page["has_more"]:
+            print(f"(more: --after {page['data'][-1]['id']})")
+
+    return _run(show)
+
+
+def jobs_action(args: argparse.Namespace) -> int:
+    path = f"/fine_tuning/jobs/{args.job_id}"
+    if args.action == "get":
+        return _run(lambda: _print(_client().get(path)))
+    return _run(lambda: _print(_client().post(f"{path}/{args.action}")))
+
+
+def jobs_watch(args: argparse.Namespace) -> int:
+    from drlora_cli.watch import watch
+
+    result: dict[str, Any] = {}
+
+    def follow() -> None:
+        result.update(watch(_client(), args.job_id, args.interval))
+
+    code = _run(follow)
+    return code or (0 if result.get("status") in ("succeeded", "paused") else 1)
+
+
+def adapter_download(args: argparse.Namespace) -> int:
+    dest: Path = args.output or Path(f"{args.job_id}-adapter.zip")
+
+    def download() -> None:
+        headers = _client().download(f"/fine_tuning/jobs/{args.job_id}/adapter", dest, checkpoint=args.checkpoint)
+        expected = headers.get("x-content-sha256", "")
+        actual = hashlib.sha256(dest.read_bytes()).hexdigest()
+        if expected and actual != expected:
+            dest.unlink()
+            raise SystemExit(f"sha256 mismatch: got {actual}, the server says {expected}; nothing kept")
+        print(f"{dest}  sha256 {actual}")
+        if args.extract:
+            with zipfile.ZipFile(dest) as zf:
+                zf.extractall(args.extract)
+            print(f"extracted to {args.extract}")
+
+    return _run(download)

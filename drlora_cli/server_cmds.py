@@ -1,0 +1,104 @@
+"""Production commands: `drlora api`, `drlora worker`, `drlora db upgrade`, `drlora keys create|revoke`,
+`drlora models add`. Settings come from `DRLORA_*` variables; flags override the few that differ per process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from api.core.settings import Settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)),
+                                   ("data_dir", getattr(args, "data_dir", None))) if v is not None}
+    return Settings(**overrides)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("api", help="run the HTTP API (production; PostgreSQL + Redis from DRLORA_*)")
+    p.add_argument("--host", help="bind address (default DRLORA_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default DRLORA_PORT or 8000)")
+    p.set_defaults(handler=run_api)
+
+    p = subparsers.add_parser("worker", help="run one training worker (one per GPU)")
+    p.set_defaults(handler=run_worker)
+
+    db = subparsers.add_parser("db", help="database administration").add_subparsers(dest="db_command", required=True)
+    p = db.add_parser("upgrade", help="apply the migrations (alembic upgrade head)")
+    p.set_defaults(handler=run_db_upgrade)
+
+    keys = subparsers.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    p = keys.add_parser("create", help="create an API key for a tenant (created on first use); shown once")
+    p.add_argument("--tenant", required=True)
+    p.set_defaults(handler=run_keys_create)
+    p = keys.add_parser("revoke", help="revoke an API key by its id (key-...)")
+    p.add_argument("key_id")
+    p.set_defaults(handler=run_keys_revoke)
+
+    models = subparsers.add_parser("models", help="base models").add_subparsers(dest="models_command", required=True)
+    p = models.add_parser("add", help="register a local Hugging Face model directory as a base model")
+    p.add_argument("id", help="the model id clients pass as `model`")
+    p.add_argument("dir", type=Path, help="directory with config.json, *.safetensors and the tokenizer")
+    p.add_argument("--owned-by", default="system")
+    p.set_defaults(handler=run_models_add)
+
+
+def run_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.main import create_app
+
+    settings = settings_from(args)
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from worker.main import run_worker as start
+
+    settings = settings_from(args)
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    start(settings)
+    return 0
+
+
+def run_db_upgrade(args: argparse.Namespace) -> int:
+    from drlora_cli.bootstrap import migrate
+
+    migrate(settings_from(args))
+    print("database is at the latest migration")
+    return 0
+
+
+def run_keys_create(args: argparse.Namespace) -> int:
+    from drlora_cli.bootstrap import new_key
+
+    key = new_key(settings_from(args), args.tenant)
+    print(f"tenant {args.tenant} ({key.tenant_id}), key id {key.key_id}; the key is shown only now:")
+    print(key.key)
+    return 0
+
+
+def run_keys_revoke(args: argparse.Namespace) -> int:
+    from api.core.db import make_engine, make_sessionmaker, transaction
+    from api.core.keys import revoke_key
+
+    engine = make_engine(settings_from(args).sqlalchemy_url)
+    with transaction(make_sessionmaker(engine)) as session:
+        revoked = revoke_key(session, args.key_id)
+    print(f"revoked {args.key_id}" if revoked else f"no active key {args.key_id}")
+    return 0 if revoked else 1
+
+
+def run_models_add(args: argparse.Namespace) -> int:
+    from drlora_cli.bootstrap import register_model
+
+    register_model(settings_from(args), args.id, args.dir, args.owned_by)
+    print(f"registered base model {args.id} -> {args.dir.resolve()}")
+    return 0

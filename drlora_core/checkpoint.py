@@ -1,0 +1,93 @@
+"""Checkpoints that resume a run exactly: safetensors for tensors, JSON for the rest, never pickle.
+
+Layout of `<out>/checkpoints/step-000120/`:
+  adapter.safetensors    LoRA banks (A, B, ranks) of every layer, plus trained router weights if any
+  signals.safetensors    frequency EMA, slice-importance EMAs, this step's routing counts, RNG states
+  optimizer.safetensors  AdamW moments and step counters, keyed by parameter index
+  trainer.json           run config, step, data position, growth events, scheduler and optimizer hyperparameters
+  COMPLETE               written last: a folder without it is a partial write and is ignored (and removed)
+A checkpoint is written to a temporary folder, fsynced and renamed, so a crash leaves the old state or the new.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from drlora_core.atomic import fresh_tmp, publish_dir
+
+PREFIX = "step-"
+MARKER = "COMPLETE"
+
+
+@dataclass
+class CheckpointData:
+    tensors: dict[str, dict[str, torch.Tensor]]  # file stem -> tensors
+    meta: dict[str, Any]
+
+
+def checkpoint_dir(out_dir: Path) -> Path:
+    return out_dir / "checkpoints"
+
+
+def save_checkpoint(out_dir: Path, step: int, data: CheckpointData) -> Path:
+    root = checkpoint_dir(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:06d}"
+    tmp = fresh_tmp(final)
+    for stem, tensors in data.tensors.items():
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / f"{stem}.safetensors"))
+    (tmp / "trainer.json").write_text(json.dumps(data.meta, indent=1))
+    (tmp / MARKER).write_text("ok\n")
+    return publish_dir(tmp, final)
+
+
+def load_checkpoint(path: Path) -> CheckpointData:
+    if not (path / MARKER).is_file():
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
+    tensors = {p.stem: load_file(str(p)) for p in sorted(path.glob("*.safetensors"))}
+    return CheckpointData(tensors, json.loads((path / "trainer.json").read_text()))
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint; partial folders left by a crash are removed on the way."""
+    root = checkpoint_dir(out_dir)
+    if not root.is_dir():
+        return None
+    for partial in root.glob(f".{PREFIX}*.tmp"):
+        shutil.rmtree(partial, ignore_errors=True)
+    complete = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and (p / MARKER).is_file()]
+    for p in root.glob(f"{PREFIX}*"):
+        if p.is_dir() and p not in complete:
+            shutil.rmtree(p, ignore_errors=True)
+    return max(complete, key=lambda p: int(p.name[len(PREFIX):]), default=None)
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                           meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, values in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

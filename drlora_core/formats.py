@@ -1,0 +1,307 @@
+"""Validation of JSONL training datasets; standard library only, so an upload can be checked without torch.
+
+A dataset is UTF-8 JSONL (no byte order mark): one JSON object per line, every line in the same one of three
+formats, decided by line 1:
+
+- ``chat``: ``{"messages": [{"role": "system" | "user" | "assistant", "content": str}, ...]}`` with at least one
+  assistant message; a system message may only come first.
+- ``prompt_completion``: ``{"prompt": str, "completion": str}``.
+- ``text``: ``{"text": str}``.
+
+The checks are strict on purpose, so that a typo fails at upload rather than silently training on nothing:
+
+- unknown keys are refused, at the top level and inside messages (``"name"``, ``"weight"``, ...), naming them;
+- completion, text and assistant content must contain more than whitespace; prompt, system and user content may be
+  empty strings;
+- duplicate keys inside one object and the non-standard constants ``NaN``/``Infinity`` are refused;
+- one newline (``\\n`` or ``\\r\\n``) may end the file; any blank or whitespace-only line is refused, including extra
+  blank lines at the end.
+
+Every refusal is a `DatasetError` naming the first bad line (1-based) and what to fix.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Format = Literal["chat", "prompt_completion", "text"]
+FORMATS: tuple[Format, ...] = ("chat", "prompt_completion", "text")
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+
+DEFAULT_MAX_BYTES = 512 * 2**20
+DEFAULT_MAX_LINES = 1_000_000
+DEFAULT_MAX_LINE_BYTES = 1 * 2**20
+
+_KEYS: dict[Format, tuple[str, ...]] = {
+    "chat": ("messages",),
+    "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
+}
+_MESSAGE_KEYS = ("role", "content")
+_BOM = b"\xef\xbb\xbf"
+_EXAMPLES = (
+    '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}, '
+    '{"prompt": "...", "completion": "..."} or {"text": "..."}'
+)
+
+
+class DatasetError(ValueError):
+    """A dataset is unusable; `line` is the first bad line (1-based) or None for the file as a whole."""
+
+    def __init__(self, line: int | None, reason: str) -> None:
+        super().__init__(reason if line is None else f"line {line}: {reason}")
+        self.line = line
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    format: Format
+    lines: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_bytes: int
+    max_lines: int
+    max_line_bytes: int
+
+
+class _JsonRefusal(Exception):
+    """Raised from json hooks; json.loads would otherwise not let us say why in our own words."""
+
+
+def validate_jsonl(
+    data: bytes,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_lines: int = DEFAULT_MAX_LINES,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> DatasetSummary:
+    """Check a whole dataset held in memory; raises `DatasetError` at the first problem."""
+    limits = _Limits(max_bytes, max_lines, max_line_bytes)
+    fmt, lines = _scan(io.BytesIO(data).readline, len(data), limits, keep=None)
+    return DatasetSummary(format=fmt, lines=lines, bytes=len(data))
+
+
+def validate_jsonl_file(
+    path: str | os.PathLike[str],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_lines: int = DEFAULT_MAX_LINES,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> DatasetSummary:
+    """Check a dataset file line by line; memory stays around `max_line_bytes` whatever the file size."""
+    limits = _Limits(max_bytes, max_lines, max_line_bytes)
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f:
+        fmt, lines = _scan(f.readline, size, limits, keep=None)
+    return DatasetSummary(format=fmt, lines=lines, bytes=size)
+
+
+def read_records(
+    path: str | os.PathLike[str],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_lines: int = DEFAULT_MAX_LINES,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> tuple[Format, list[dict[str, Any]]]:
+    """Validate a dataset file and return its format and records; record i is line i + 1."""
+    limits = _Limits(max_bytes, max_lines, max_line_bytes)
+    records: list[dict[str, Any]] = []
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f:
+        fmt, _ = _scan(f.readline, size, limits, keep=records)
+    return fmt, records
+
+
+def _scan(
+    readline: Callable[[int], bytes], size: int, limits: _Limits, keep: list[dict[str, Any]] | None
+) -> tuple[Format, int]:
+    if size == 0:
+        raise DatasetError(None, f"the file is empty; give one JSON object per line, e.g. {_EXAMPLES}")
+    if size > limits.max_bytes:
+        raise DatasetError(
+            None, f"the file is {size} bytes, over max_bytes={limits.max_bytes}; split it or shorten it"
+        )
+    first: Format | None = None
+    lineno = 0
+    while True:
+        # Two bytes of headroom for "\r\n", so reading never holds much more than one allowed line.
+        raw = readline(limits.max_line_bytes + 2)
+        if not raw:
+            break
+        lineno += 1
+        if lineno > limits.max_lines:
+            raise DatasetError(
+                lineno, f"too many lines: the limit is max_lines={limits.max_lines}; split the dataset"
+            )
+        content = _strip_newline(raw)
+        if len(content) > limits.max_line_bytes:
+            raise DatasetError(
+                lineno,
+                f"the line is longer than max_line_bytes={limits.max_line_bytes}; shorten or split this record",
+            )
+        record = _parse_line(lineno, content)
+        fmt = _detect_format(lineno, record)
+        if first is None:
+            first = fmt
+        elif fmt != first:
+            raise DatasetError(
+                lineno,
+                f"this line is in {fmt} format but line 1 is in {first} format; use one format per file",
+            )
+        _check_record(lineno, fmt, record)
+        if keep is not None:
+            keep.append(record)
+    if first is None:  # unreachable for size > 0, but keeps the type checker honest
+        raise DatasetError(None, "the file holds no lines")
+    return first, lineno
+
+
+def _strip_newline(raw: bytes) -> bytes:
+    if raw.endswith(b"\n"):
+        raw = raw[:-1]
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+    return raw
+
+
+def _parse_line(lineno: int, content: bytes) -> dict[str, Any]:
+    if content.startswith(_BOM):
+        where = "the file" if lineno == 1 else "the line"
+        raise DatasetError(
+            lineno, f"{where} starts with a UTF-8 byte order mark (BOM); save the file as UTF-8 without BOM"
+        )
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(
+            lineno,
+            f"not valid UTF-8 (byte 0x{content[e.start]:02x} at byte {e.start + 1} of the line); "
+            "save the file as UTF-8",
+        ) from None
+    if not text.strip():
+        raise DatasetError(
+            lineno,
+            "the line is blank; remove empty lines (only one newline may end the file)",
+        )
+    try:
+        value = json.loads(text, object_pairs_hook=_object_without_duplicates, parse_constant=_refuse_constant)
+    except _JsonRefusal as e:
+        raise DatasetError(lineno, str(e)) from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(
+            lineno,
+            f"not valid JSON ({e.msg} at column {e.colno}); each line must be one complete JSON object",
+        ) from None
+    if not isinstance(value, dict):
+        raise DatasetError(lineno, f"each line must be a JSON object such as {_EXAMPLES}; got {_kind(value)}")
+    return value
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _JsonRefusal(f"duplicate key {json.dumps(key)} in one object; keep only one")
+        obj[key] = value
+    return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _JsonRefusal(f"{name} is not valid JSON; use a number or a string")
+
+
+def _detect_format(lineno: int, record: dict[str, Any]) -> Format:
+    matches = [fmt for fmt in FORMATS if any(key in record for key in _KEYS[fmt])]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        keys = ", ".join(json.dumps(k) for k in record) or "none"
+        raise DatasetError(
+            lineno, f"unknown record format (keys: {keys}); each line must look like {_EXAMPLES}"
+        )
+    found = " and ".join(f"{fmt} ({', '.join(json.dumps(k) for k in _KEYS[fmt] if k in record)})"
+                         for fmt in matches)
+    raise DatasetError(lineno, f"the line mixes keys of the {found} formats; use exactly one format")
+
+
+def _check_record(lineno: int, fmt: Format, record: dict[str, Any]) -> None:
+    _refuse_unknown_keys(lineno, record, _KEYS[fmt], "")
+    if fmt == "text":
+        _require_text(lineno, record, "text", "", non_blank=True)
+    elif fmt == "prompt_completion":
+        _require_text(lineno, record, "prompt", "", non_blank=False)
+        _require_text(lineno, record, "completion", "", non_blank=True)
+    else:
+        _check_messages(lineno, record)
+
+
+def _check_messages(lineno: int, record: dict[str, Any]) -> None:
+    messages = record["messages"]
+    if not isinstance(messages, list):
+        raise DatasetError(lineno, f'"messages" must be an array of messages, got {_kind(messages)}')
+    if not messages:
+        raise DatasetError(lineno, '"messages" is empty; give at least one assistant message')
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]."
+        if not isinstance(message, dict):
+            raise DatasetError(
+                lineno, f'"messages[{i}]" must be an object with "role" and "content", got {_kind(message)}'
+            )
+        _refuse_unknown_keys(lineno, message, _MESSAGE_KEYS, where)
+        role = message.get("role")
+        if role is None:
+            raise DatasetError(lineno, f'"{where}role" is missing; use one of {", ".join(ROLES)}')
+        if not isinstance(role, str) or role not in ROLES:
+            shown = json.dumps(role) if isinstance(role, str) else _kind(role)
+            raise DatasetError(lineno, f'"{where}role" must be one of {", ".join(ROLES)}, got {shown}')
+        if role == "system" and i > 0:
+            raise DatasetError(lineno, f'"{where}role" is "system", but a system message may only come first')
+        _require_text(lineno, message, "content", where, non_blank=role == "assistant")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DatasetError(
+            lineno, 'no message has role "assistant"; a chat needs at least one assistant reply to learn from'
+        )
+
+
+def _refuse_unknown_keys(lineno: int, obj: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    unknown = [k for k in obj if k not in allowed]
+    if unknown:
+        names = ", ".join(json.dumps(where + k) for k in unknown)
+        expected = ", ".join(json.dumps(where + k) for k in allowed)
+        raise DatasetError(lineno, f"unknown key(s) {names}; only {expected} are allowed here")
+
+
+def _require_text(lineno: int, obj: dict[str, Any], key: str, where: str, *, non_blank: bool) -> None:
+    name = f'"{where}{key}"'
+    if key not in obj:
+        raise DatasetError(lineno, f"{name} is missing")
+    value = obj[key]
+    if not isinstance(value, str):
+        raise DatasetError(lineno, f"{name} must be a string, got {_kind(value)}")
+    if non_blank and not value.strip():
+        raise DatasetError(lineno, f"{name} is empty or only whitespace; give the text to learn")
+
+
+def _kind(value: object) -> str:
+    """JSON's name for a parsed value's type, as a user who wrote the file would call it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"

@@ -1,0 +1,116 @@
+"""One training run from files on disk: load model and data, attach, train (or resume), export the adapter.
+
+This is the entry point the CLI and the worker share. Layout of `out_dir`:
+  checkpoints/step-NNNNNN/   resumable checkpoints (see checkpoint.py)
+  adapter/                   the PEFT adapter directory, written when the run completes
+  merged/                    with `merged=True`: the base model with the adapter merged in
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from drlora_core import checkpoint as ckpt
+from drlora_core.adapter import Adapter, attach
+from drlora_core.assets import DEMO_MODEL_ID, resolve_model_dir
+from drlora_core.callbacks import ExpertStats, GrowthEvent, StopReason
+from drlora_core.checkpoint import latest_checkpoint
+from drlora_core.checkpointing import enable_activation_checkpointing
+from drlora_core.config import ConfigError, RunConfig
+from drlora_core.data import BatchStream, collate, load_dataset, pad_token_id
+from drlora_core.export import export_merged, export_peft
+from drlora_core.trainer import train
+
+__all__ = ["RunResult", "latest_checkpoint", "load_base", "resolve_device", "train_run"]
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: Literal["completed", "stopped"]
+    stopped: StopReason | None
+    step: int
+    total_steps: int
+    adapter_dir: Path | None
+    merged_dir: Path | None
+    ranks: list[list[int]]
+    growth_events: list[GrowthEvent]
+    stats: ExpertStats
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", f"{device!r} was asked for but no CUDA device is visible; use --device cpu")
+    return torch.device(device)
+
+
+def load_base(model: str, device: torch.device, bf16: bool = True) -> tuple[Any, Any, Path]:
+    """(model, tokenizer, directory) of a local Hugging Face model or the bundled demo model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = resolve_model_dir(model)
+    dtype = torch.bfloat16 if device.type == "cuda" and bf16 else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
+    base.to(device)  # type: ignore[arg-type]
+    base.config.use_cache = False
+    return base, tokenizer, model_dir
+
+
+def train_run(model: str, train_file: Path, out_dir: Path, config: RunConfig, val_file: Path | None = None,
+              callbacks: Sequence[object] = (), resume: bool = True, merged: bool = False) -> RunResult:
+    config.validate()
+    t = config.train
+    device = resolve_device(t.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = latest_checkpoint(out_dir) if resume else None
+    data = ckpt.load_checkpoint(checkpoint) if checkpoint else None
+    if data is not None and _identity(data.meta["config"]) != _identity(config.to_dict()):
+        raise ConfigError("config", f"{checkpoint} was written with a different configuration; use a new output "
+                                    "directory, or the same settings to resume")
+    torch.manual_seed(t.seed)
+    base, tokenizer, model_dir = load_base(model, device, t.bf16)
+    examples = load_dataset(train_file, tokenizer, t.max_seq_len)
+    stream = BatchStream(examples, t.batch_size, t.seed, pad_token_id(tokenizer))
+    val_batches = _val_batches(val_file, tokenizer, t.max_seq_len, t.batch_size) if val_file else []
+    adapter = attach(base, config.lora, impl=t.experts_impl)
+    if t.gradient_checkpointing and not enable_activation_checkpointing(base):
+        raise ConfigError("gradient_checkpointing", f"{type(base).__name__} does not support it; turn it off")
+    if data is not None:
+        log.info("resuming from %s", checkpoint)
+    result = train(base, adapter, stream, val_batches, config, out_dir, callbacks, data, device)
+    completed = result.step >= result.total_steps and result.stopped != "cancel"
+    adapter_dir = merged_dir = None
+    if completed:
+        adapter_dir = export_adapter(adapter, out_dir / "adapter", model, model_dir, result.growth_events,
+                                     config, result.step)
+        if merged:
+            merged_dir = export_merged(adapter, tokenizer, out_dir / "merged")
+    return RunResult("completed" if completed else "stopped", None if completed else result.stopped, result.step,
+                     result.total_steps, adapter_dir, merged_dir, result.ranks, result.growth_events, result.stats)
+
+
+def export_adapter(adapter: Adapter, out: Path, model: str, model_dir: Path, events: Sequence[GrowthEvent],
+                   config: RunConfig, step: int) -> Path:
+    base_name = DEMO_MODEL_ID if model == DEMO_MODEL_ID else str(model_dir)
+    return export_peft(adapter, out, base_model=base_name, events=events, routers=config.train.train_router,
+                       extra={"base_model": base_name, "steps": step, "config": config.to_dict()})
+
+
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    """What must match to resume: everything but where the run executes (a job may move to another worker)."""
+    return {**config, "train": {k: v for k, v in config["train"].items() if k != "device"}}
+
+
+def _val_batches(path: Path, tokenizer: Any, max_seq_len: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    examples = load_dataset(path, tokenizer, max_seq_len)
+    pad = pad_token_id(tokenizer)
+    return [collate(examples[i:i + batch_size], pad) for i in range(0, len(examples), batch_size)]

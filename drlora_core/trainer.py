@@ -1,0 +1,311 @@
+"""The DR-LoRA training loop: read it top to bottom in `train`.
+
+One optimizer step = `grad_accum` micro-batches, each forward counted for routing frequency, then slice importance
+from the gradients, clipping, AdamW, the LR schedule, the frequency EMA, and on scheduled steps a growth event.
+The loss is the mean over the step's label tokens (token counts come from the host-side batch, so accumulation
+needs no device sync); the one sync per step is reading the loss for the metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from drlora_core import checkpoint as ckpt
+from drlora_core.adapter import Adapter
+from drlora_core.callbacks import ExpertStats, GrowthEvent, StepMetrics, StopReason
+from drlora_core.config import RunConfig
+from drlora_core.data import BatchStream
+from drlora_core.growth import Plan, allocate, event_quota, grow, plan_growth, proportional_ranks
+from drlora_core.signals import Signals, saliency
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainResult:
+    step: int
+    total_steps: int
+    stopped: StopReason | None
+    growth_events: list[GrowthEvent]
+    ranks: list[list[int]]
+    stats: ExpertStats
+
+
+@dataclass
+class _State:
+    step: int = 0
+    epoch: int = 0
+    index: int = 0
+    trained_tokens: int = 0
+    growth_events: list[GrowthEvent] = field(default_factory=list)
+
+
+def total_steps_for(config: RunConfig, steps_per_epoch: int) -> int:
+    t = config.train
+    return t.max_steps if t.max_steps is not None else max(1, math.ceil(t.epochs * steps_per_epoch / t.grad_accum))
+
+
+def train(model: nn.Module, adapter: Adapter, stream: BatchStream, val_batches: Sequence[Batch], config: RunConfig,
+          out_dir: Path, callbacks: Sequence[object] = (), resume: ckpt.CheckpointData | None = None,
+          device: torch.device | None = None) -> TrainResult:
+    device = device or next(model.parameters()).device
+    t, lora = config.train, config.lora
+    events = _Callbacks(callbacks)
+    total = total_steps_for(config, stream.steps_per_epoch)
+    warmup = math.ceil(t.warmup_ratio * total)
+    plan = plan_growth(lora, total, warmup, [b.num_experts for b in adapter.banks])
+    banks = adapter.banks
+    signals = Signals.zeros(banks, device)
+    routers = _router_params(adapter) if t.train_router else []
+    optimizer = torch.optim.AdamW(
+        [{"params": list(adapter.lora.parameters())}, {"params": routers}],
+        lr=t.lr, weight_decay=t.weight_decay, fused=device.type in ("cpu", "cuda") or None)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total))
+    state = _State()
+    if resume is not None:
+        _restore(resume, adapter, routers, signals, optimizer, scheduler, state)
+    elif lora.method == "static":
+        _set_static_ranks(model, adapter, stream, config, device)
+    _set_router_trainable(routers, state.step >= warmup)
+    events.call("on_start", total, adapter.ranks(), state.step)
+
+    stopped: StopReason | None = None
+    while state.step < total:
+        model.train()
+        adapter.lora.train()
+        started = time.perf_counter()
+        batches = [_next_batch(stream, state) for _ in range(t.grad_accum)]
+        label_tokens = sum(_label_count(b) for b in batches)
+        loss_sum = torch.zeros((), device=device)
+        for batch in batches:
+            batch = _to_device(batch, device)
+            with adapter.routing.training_forward(batch["attention_mask"]), _autocast(device, t.bf16):
+                loss = token_loss(model, batch, reduction="sum") / max(label_tokens, 1)
+            loss.backward()
+            loss_sum += loss.detach()
+        if lora.method == "dr_lora":
+            signals.update_importance(banks, lora.beta_g)
+        grad_norm = torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"] + routers, t.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        signals.update_frequency(adapter.routing.take_counts(), lora.beta_f)
+        state.step += 1
+        _set_router_trainable(routers, state.step >= warmup)
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        state.trained_tokens += tokens
+        if state.step in plan.steps:
+            new_events = _growth_event(adapter, signals, plan, state.step, optimizer, config)
+            state.growth_events.extend(new_events)
+            if new_events:
+                events.call("on_growth", new_events, expert_stats(adapter, signals, state.step, config))
+        loss_value, norm_value = torch.stack([loss_sum, grad_norm.to(loss_sum)]).tolist()  # one host sync
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        events.call("on_step", StepMetrics(state.step, total, loss_value, float(scheduler.get_last_lr()[0]),
+                                           tokens / elapsed, state.trained_tokens, norm_value))
+        if val_batches and (state.step == total or (t.eval_every and state.step % t.eval_every == 0)):
+            events.call("on_eval", state.step, evaluate(model, adapter, val_batches, device, t.bf16))
+        if t.checkpoint_every and state.step % t.checkpoint_every == 0 and state.step < total:
+            _save(out_dir, adapter, routers, signals, optimizer, scheduler, state, config, events)
+        stopped = events.should_stop(state.step)
+        if stopped is not None:
+            if stopped in ("pause", "shutdown") and state.step < total:
+                _save(out_dir, adapter, routers, signals, optimizer, scheduler, state, config, events)
+            break
+    stats = expert_stats(adapter, signals, state.step, config)
+    events.call("on_end", state.step, stats, stopped)
+    return TrainResult(state.step, total, stopped, state.growth_events, adapter.ranks(), stats)
+
+
+def token_loss(model: nn.Module, batch: Batch, reduction: str = "sum") -> torch.Tensor:
+    """Next-token cross-entropy over label positions (labels of -100 are ignored)."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
+                           ignore_index=-100, reduction=reduction)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, adapter: Adapter, batches: Sequence[Batch], device: torch.device,
+             bf16: bool = True) -> float:
+    """Mean loss per label token; routing is not counted (the trainer only counts training forwards)."""
+    model.eval()
+    adapter.lora.eval()
+    total = torch.zeros((), device=device)
+    count = 0
+    for batch in batches:
+        count += _label_count(batch)
+        with _autocast(device, bf16):
+            total += token_loss(model, _to_device(batch, device))
+    return float(total) / max(count, 1)
+
+
+def expert_stats(adapter: Adapter, signals: Signals, step: int, config: RunConfig) -> ExpertStats:
+    banks = adapter.banks
+    importance = signals.expert_importance(banks)
+    frequency, sal = [], []
+    for layer, bank in enumerate(banks):
+        n = bank.num_experts
+        f = signals.frequency[layer, :n].tolist()
+        total = sum(f)
+        frequency.append([v / total if total > 0 else 0.0 for v in f])
+        sal.append(saliency(f, importance[layer], bank.rank_list, config.lora.gamma))
+    return ExpertStats(step, frequency, importance, sal, adapter.ranks())
+
+
+def _growth_event(adapter: Adapter, signals: Signals, plan: Plan, step: int, optimizer: torch.optim.Optimizer,
+                  config: RunConfig) -> list[GrowthEvent]:
+    stats = expert_stats(adapter, signals, step, config)
+    events_left = plan.events_left(step - 1)
+    grown: list[GrowthEvent] = []
+    for layer, bank in enumerate(adapter.banks):
+        old = list(bank.rank_list)
+        quota = event_quota(old, config.lora.r_target, events_left)
+        new = allocate(stats.saliency[layer], old, quota, plan.cap, config.lora.r_max)
+        grow(bank, new, optimizer)
+        grown.extend(GrowthEvent(step, layer, e, old[e], new[e], stats.saliency[layer][e],
+                                 stats.frequency[layer][e], stats.importance[layer][e])
+                     for e in range(len(old)) if new[e] > old[e])
+    if grown:
+        signals.reset_importance()
+    return grown
+
+
+@torch.no_grad()
+def _set_static_ranks(model: nn.Module, adapter: Adapter, stream: BatchStream, config: RunConfig,
+                      device: torch.device) -> None:
+    """`static`: ranks proportional to routing frequency measured on a pass over the training data."""
+    model.eval()
+    steps = min(stream.steps_per_epoch, 64)
+    for index in range(steps):
+        batch = _to_device(stream.batch_at(0, index * stream.batch_size), device)
+        with adapter.routing.training_forward(batch["attention_mask"]), _autocast(device, config.train.bf16):
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    counts = adapter.routing.take_counts().cpu()
+    lora = config.lora
+    for layer, bank in enumerate(adapter.banks):
+        n = bank.num_experts
+        ranks = proportional_ranks(counts[layer, :n].tolist(), n * lora.r_target, lora.r_init, lora.r_max)
+        bank.set_ranks(ranks)
+
+
+def _router_params(adapter: Adapter) -> list[nn.Parameter]:
+    params: list[nn.Parameter] = []
+    for site in adapter.sites:
+        if site.router is None:
+            raise ValueError(f"train_router is set but no router was found beside {site.path}")
+        params.extend(site.router.parameters())
+    return params
+
+
+def _set_router_trainable(routers: list[nn.Parameter], trainable: bool) -> None:
+    for p in routers:
+        p.requires_grad_(trainable)
+
+
+def _linear_schedule(warmup: int, total: int):  # type: ignore[no-untyped-def]
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def _next_batch(stream: BatchStream, state: _State) -> Batch:
+    batch = stream.batch_at(state.epoch, state.index)
+    state.epoch, state.index = stream.next_position(state.epoch, state.index)
+    return batch
+
+
+def _label_count(batch: Batch) -> int:
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _autocast(device: torch.device, bf16: bool):  # type: ignore[no-untyped-def]
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+class _Callbacks:
+    """Calls whichever callback methods each host implements."""
+
+    def __init__(self, callbacks: Sequence[object]) -> None:
+        self.callbacks = list(callbacks)
+
+    def call(self, name: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            method = getattr(cb, name, None)
+            if method is not None:
+                method(*args)
+
+    def should_stop(self, step: int) -> StopReason | None:
+        for cb in self.callbacks:
+            method = getattr(cb, "should_stop", None)
+            reason = method(step) if method is not None else None
+            if reason is not None:
+                return reason  # type: ignore[no-any-return]
+        return None
+
+
+def _save(out_dir: Path, adapter: Adapter, routers: list[nn.Parameter], signals: Signals,
+          optimizer: torch.optim.Optimizer, scheduler: Any, state: _State, config: RunConfig,
+          events: _Callbacks) -> None:
+    adapter_tensors = dict(adapter.lora.state_dict())
+    adapter_tensors.update({f"router.{i}": p.data for i, p in enumerate(routers)})
+    signal_tensors = {"frequency": signals.frequency, "rng.cpu": torch.get_rng_state()}
+    signal_tensors.update({f"importance.{i}": imp for i, imp in enumerate(signals.importance)})
+    if torch.cuda.is_available():
+        signal_tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    opt_tensors, opt_meta = ckpt.optimizer_to_tensors(optimizer)
+    meta = {
+        "config": config.to_dict(), "step": state.step, "epoch": state.epoch, "index": state.index,
+        "trained_tokens": state.trained_tokens, "growth_events": [asdict(e) for e in state.growth_events],
+        "ranks": adapter.ranks(), "scheduler": scheduler.state_dict(), "optimizer": opt_meta,
+    }
+    path = ckpt.save_checkpoint(out_dir, state.step, ckpt.CheckpointData(
+        {"adapter": adapter_tensors, "signals": signal_tensors, "optimizer": opt_tensors}, meta))
+    events.call("on_checkpoint", state.step, path)
+
+
+def _restore(data: ckpt.CheckpointData, adapter: Adapter, routers: list[nn.Parameter], signals: Signals,
+             optimizer: torch.optim.Optimizer, scheduler: Any, state: _State) -> None:
+    meta, tensors = data.meta, data.tensors
+    for layer, ranks in enumerate(meta["ranks"]):
+        adapter.bank(layer).set_ranks(ranks)
+    bank_tensors = {k: v for k, v in tensors["adapter"].items() if not k.startswith("router.")}
+    adapter.lora.load_state_dict(bank_tensors)
+    with torch.no_grad():
+        for i, p in enumerate(routers):
+            p.copy_(tensors["adapter"][f"router.{i}"])
+    sig = tensors["signals"]
+    signals.frequency.copy_(sig["frequency"])
+    for i, imp in enumerate(signals.importance):
+        imp.copy_(sig[f"importance.{i}"])
+    ckpt.optimizer_from_tensors(optimizer, tensors["optimizer"], meta["optimizer"])
+    scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(sig["rng.cpu"])
+    if torch.cuda.is_available():
+        cuda_states = [sig[k] for k in sorted(k for k in sig if k.startswith("rng.cuda."))]
+        if cuda_states:
+            torch.cuda.set_rng_state_all(cuda_states)
+    state.step, state.epoch, state.index = meta["step"], meta["epoch"], meta["index"]
+    state.trained_tokens = meta["trained_tokens"]
+    state.growth_events = [GrowthEvent(**e) for e in meta["growth_events"]]
+
+

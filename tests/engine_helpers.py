@@ -1,0 +1,76 @@
+"""Shared builders for the engine tests: tiny models with a random, heterogeneous adapter."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from drlora_core.adapter import Adapter, attach
+from drlora_core.config import LoraConfig
+from drlora_core.export import merge_into_base
+from drlora_core.families import find_experts
+from drlora_core.tiny import build_tiny
+
+SMALL = LoraConfig(r_init=2, r_target=4, r_max=8, growth_interval=2, dropout=0.0)
+
+
+def hetero_ranks(model: torch.nn.Module, r_max: int = 8) -> list[list[int]]:
+    return [[1 + (e * 3 + layer) % r_max for e in range(site.num_experts)]
+            for layer, site in enumerate(find_experts(model))]
+
+
+def randomise_b(adapter: Adapter, std: float = 0.3) -> None:
+    with torch.no_grad():
+        for bank in adapter.banks:
+            for b in bank.lora_B.values():
+                b.normal_(0.0, std)
+
+
+def adapted(family: str, config: LoraConfig = SMALL, random_b: bool = True) -> tuple[torch.nn.Module, Adapter]:
+    model = build_tiny(family)
+    adapter = attach(model, config, ranks=hetero_ranks(model, config.r_max))
+    if random_b:
+        randomise_b(adapter)
+    return model, adapter
+
+
+def reference_logits(model: torch.nn.Module, adapter: Adapter, ids: torch.Tensor) -> torch.Tensor:
+    """The plain per-expert reference: LoRA merged into a copy's weights, run by the family's own eager code."""
+    twin = copy.deepcopy(model)
+    twin_adapter = Adapter(twin, find_experts(twin), adapter.lora, adapter.routing, adapter.config, None)
+    merge_into_base(twin_adapter)
+    for site in twin_adapter.sites:
+        site.module.__dict__.pop("_drlora", None)
+    for hook_owner in twin.modules():  # deepcopy carried the module-list hooks: drop them on the twin
+        hook_owner._forward_hooks.clear()
+    if hasattr(twin, "set_experts_implementation"):
+        twin.set_experts_implementation("eager")
+    with torch.no_grad():
+        return twin(input_ids=ids).logits
+
+
+def logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask).logits
+
+
+def random_examples(n: int = 48, seed: int = 1, vocab: int = 128) -> list:
+    """Token sequences with a 3-token unlabelled prompt, for trainer tests without a tokenizer."""
+    from drlora_core.data import Example
+
+    g = torch.Generator().manual_seed(seed)
+    examples = []
+    for _ in range(n):
+        length = int(torch.randint(6, 16, (1,), generator=g))
+        ids = torch.randint(3, vocab, (length,), generator=g).tolist()
+        examples.append(Example(ids, [-100] * 3 + ids[3:]))
+    return examples
+
+
+def run_config(method: str = "dr_lora", steps: int = 16, **train: object):
+    from drlora_core.config import LoraConfig, RunConfig, TrainConfig
+
+    lora = LoraConfig(method=method, r_init=2, r_target=4, r_max=8, growth_interval=3, dropout=0.1)  # type: ignore[arg-type]
+    return RunConfig(lora, TrainConfig(max_steps=steps, batch_size=4, lr=5e-3, warmup_ratio=0.1, seed=0,
+                                       **train))  # type: ignore[arg-type]

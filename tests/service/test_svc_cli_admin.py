@@ -1,0 +1,45 @@
+"""The production admin commands as Docker Compose runs them: `drlora db upgrade`, `keys create`, `models add`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from service_helpers import REPO, settings_env
+
+from api.core.settings import Settings
+from api.main import create_app
+from drlora_cli.main import build_parser
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def drlora(settings: Settings, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "drlora_cli.main", *args], env=settings_env(settings), cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_db_upgrade_keys_create_and_models_add(pg_settings: Settings, fake_model_dir: Path) -> None:
+    assert "latest migration" in drlora(pg_settings, "db", "upgrade")  # idempotent on a migrated database
+    out = drlora(pg_settings, "keys", "create", "--tenant", "admin-cli")
+    key = out.strip().splitlines()[-1]
+    assert key.startswith("drl-") and "key id key-" in out
+    drlora(pg_settings, "models", "add", "cli-model", str(fake_model_dir), "--owned-by", "ops")
+    with TestClient(create_app(pg_settings, sweep=False)) as client:
+        model = client.get("/v1/models/cli-model", headers={"Authorization": f"Bearer {key}"}).json()
+    assert model["id"] == "cli-model" and model["owned_by"] == "ops"
+
+
+def test_command_names_are_pinned() -> None:
+    parser = build_parser()
+    for argv in (["serve", "--host", "0.0.0.0", "--port", "9000", "--data-dir", "/tmp/x"], ["api"], ["worker"],
+                 ["db", "upgrade"], ["keys", "create", "--tenant", "t"], ["models", "add", "m", "/tmp"],
+                 ["files", "upload", "f.jsonl"], ["jobs", "create", "--training-file", "file-1"], ["jobs", "list"],
+                 ["jobs", "get", "j"], ["jobs", "cancel", "j"], ["jobs", "pause", "j"], ["jobs", "resume", "j"],
+                 ["jobs", "watch", "j"], ["adapter", "download", "j"]):
+        assert callable(parser.parse_args(argv).handler), argv

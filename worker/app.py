@@ -1,0 +1,69 @@
+"""The Celery app of the worker, and why it is configured the way it is.
+
+- One job per worker process: the solo pool runs the task in the worker's main thread, so the consumer loop is
+  blocked while a job trains and takes no second message (prefetch 1 keeps the QoS window at one message when it
+  does consume); the next job's message stays in the broker for an idle worker elsewhere.
+  Run one worker per GPU (`CUDA_VISIBLE_DEVICES`). The solo pool also lets SIGTERM reach the running job: the
+  worker's warm shutdown sets a flag the engine reads after each step, so it checkpoints and the job is requeued
+  instead of being cut off.
+- Acks early (`task_acks_late=False`): the message is only a doorbell carrying the job id. The job row is the durable
+  record, and the sweep re-sends any job that sits queued unclaimed, so a message lost with a dead worker costs a
+  sweep interval, while late acks on Redis would redeliver a long job's message to another worker after the
+  visibility timeout even as the first still trains (harmless with our claim, but pointless traffic and log noise).
+- Time limits: the job's limit (`DRLORA_JOB_TIME_LIMIT_S`) is enforced cooperatively by the engine callback, so the
+  job fails with a `timeout` error and the worker takes the next one; Celery's own limits need a forking pool and
+  would kill the process mid-write, so they are not used.
+- Retries: none at the Celery level. A training error is deterministic and fails the job at once; a lost worker is
+  retried by the sweep up to `max_attempts`, each attempt resuming from the last recorded checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_shutting_down
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.core.broker import TRAIN_TASK, make_celery
+from api.core.db import make_engine, make_sessionmaker
+from api.core.settings import Settings, get_settings
+from worker.job import run_job
+from worker.recorder import shutdown_requested
+
+log = logging.getLogger("drlora.worker")
+
+
+def create_worker_app(settings: Settings) -> Celery:
+    app = make_celery(settings)
+    app.conf.update(
+        worker_pool="solo",
+        worker_concurrency=1,
+        worker_prefetch_multiplier=1,
+        task_acks_late=False,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        broker_connection_max_retries=None,  # the consumer keeps reconnecting while Redis is away
+    )
+    factory: sessionmaker[Session] = make_sessionmaker(make_engine(settings.sqlalchemy_url))
+
+    @app.task(name=TRAIN_TASK, ignore_result=True)
+    def train_job(job_id: str) -> str:
+        outcome = run_job(job_id, factory, settings)
+        log.info("job %s: %s", job_id, outcome)
+        return outcome
+
+    return app
+
+
+@worker_shutting_down.connect
+def _on_shutdown(**_: Any) -> None:
+    shutdown_requested.set()
+
+
+def __getattr__(name: str) -> Celery:
+    # `celery -A worker.app worker` finds the app built from the environment's settings.
+    if name == "app":
+        return create_worker_app(get_settings())
+    raise AttributeError(name)

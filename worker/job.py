@@ -1,0 +1,168 @@
+"""One delivery of `drlora.train_job(job_id)`: claim, heartbeat, train, publish, set the final status.
+
+Every outcome is written in one fenced transaction, so it happens exactly once and only for the attempt that owns
+the job: success publishes the adapter zip (written atomically under `artifacts/<job>/attempt-<n>/` first, then its
+row with sha256 and the status together); cancel, pause and a SIGTERM shutdown record their status (the latter two
+after the engine wrote a checkpoint); an engine error fails the job. A duplicate delivery claims nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.core.events import add_event
+from api.core.ids import new_id, now
+from api.core.jobs import fine_tuned_model_name
+from api.core.settings import Settings
+from api.core.storage import StorageError, resolve_inside, zip_dir_atomic
+from api.core.tables import Artifact, Checkpoint, File, Job, RegisteredModel
+from drlora_core.config import ConfigError
+from drlora_core.run import RunResult
+from worker import engine
+from worker.lease import Claim, Fenced, Heartbeat, claim, fenced
+from worker.recorder import Recorder
+
+log = logging.getLogger("drlora.worker")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    model_dir: Path
+    train_file: Path
+    val_file: Path | None
+    resume_from: Path | None
+
+
+class JobInputError(Exception):
+    """The job cannot start: its model or a file is gone."""
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_job(job_id: str, factory: sessionmaker[Session], settings: Settings) -> str:
+    """Returns what happened: skipped | succeeded | cancelled | paused | requeued | failed | fenced."""
+    owned = claim(factory, job_id, worker_id(), settings.lease_s)
+    if owned is None:
+        log.info("job %s is not queued (a duplicate or late delivery); nothing to do", job_id)
+        return "skipped"
+    heartbeat = Heartbeat(factory, owned, settings.heartbeat_interval_s, settings.lease_s)
+    heartbeat.start()
+    try:
+        return _train_and_finish(owned, heartbeat, factory, settings)
+    except Fenced as e:
+        log.warning("%s; its results are discarded", e)
+        return "fenced"
+    except ConfigError as e:  # hyperparameters the engine found impossible for this model and dataset
+        return _fail(factory, owned, "invalid_hyperparameters", str(e), param=e.param)
+    except JobInputError as e:
+        return _fail(factory, owned, "invalid_input", str(e))
+    except Exception as e:
+        log.exception("job %s attempt %s failed", job_id, owned.attempt)
+        return _fail(factory, owned, "training_error", f"{type(e).__name__}: {e}")
+    finally:
+        heartbeat.stop()
+
+
+def _train_and_finish(owned: Claim, heartbeat: Heartbeat, factory: sessionmaker[Session], settings: Settings) -> str:
+    with factory() as session:
+        job = session.get_one(Job, owned.job_id)
+        inputs = _inputs(session, job, settings)
+        config = engine.run_config(job.method, job.hyperparameters, job.seed, settings.device)
+    out_dir = engine.attempt_dir(settings.runs_root, owned.job_id, owned.attempt, inputs.resume_from)
+    recorder = Recorder(factory, owned, heartbeat, runs_root=settings.runs_root, artifact_root=settings.artifact_root,
+                        time_limit_s=settings.job_time_limit_s)
+    result = engine.train(inputs.model_dir, inputs.train_file, out_dir, config, inputs.val_file, [recorder])
+    if heartbeat.fenced or heartbeat.lost:
+        raise Fenced(f"attempt {owned.attempt} of job {owned.job_id} lost its lease while training")
+    if result.status == "completed":
+        return _publish(factory, owned, result, settings)
+    if recorder.timed_out:
+        return _fail(factory, owned, "timeout", f"the job ran past its time limit of {settings.job_time_limit_s:.0f} s")
+    return _record_stop(factory, owned, result, settings.runs_root)
+
+
+def _inputs(session: Session, job: Job, settings: Settings) -> Inputs:
+    model = session.get(RegisteredModel, job.model)
+    if model is None:
+        raise JobInputError(f"base model {job.model!r} is no longer registered")
+    files = []
+    for file_id in (job.training_file, job.validation_file):
+        row = session.get(File, file_id) if file_id else None
+        if file_id and row is None:
+            raise JobInputError(f"file {file_id!r} was deleted before the job ran")
+        try:
+            files.append(resolve_inside(settings.files_root, row.path) if row else None)
+        except StorageError as e:
+            raise JobInputError(f"the stored bytes of file {file_id!r} are unusable: {e}") from None
+    latest = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step.desc()))
+    resume_from = settings.runs_root / latest.path if latest else None
+    assert files[0] is not None
+    return Inputs(Path(model.path), files[0], files[1], resume_from)
+
+
+def _publish(factory: sessionmaker[Session], owned: Claim, result: RunResult, settings: Settings) -> str:
+    assert result.adapter_dir is not None
+    relative = f"{owned.job_id}/attempt-{owned.attempt}/adapter.zip"
+    sha256, size = zip_dir_atomic(result.adapter_dir, settings.artifact_root / relative)
+    with fenced(factory, owned) as s:
+        job = s.get_one(Job, owned.job_id)
+        if job.requested_action == "cancel":  # asked for during the last step: honour it, publish nothing
+            _finish(s, owned, "cancelled", "Job cancelled")
+            return "cancelled"
+        s.add(Artifact(id=new_id("artifact"), job_id=owned.job_id, kind="adapter", step=result.step,
+                       checkpoint_id=None, path=relative, sha256=sha256, bytes=size, created_at=now()))
+        _finish(s, owned, "succeeded", f"Job succeeded after {result.step} steps; adapter sha256 {sha256}",
+                fine_tuned_model=fine_tuned_model_name(job), step=result.step)
+    shutil.rmtree(settings.runs_root / owned.job_id, ignore_errors=True)
+    return "succeeded"
+
+
+def _record_stop(factory: sessionmaker[Session], owned: Claim, result: RunResult, runs_root: Path) -> str:
+    if result.stopped == "cancel":
+        with fenced(factory, owned) as s:
+            _finish(s, owned, "cancelled", f"Job cancelled at step {result.step}")
+        shutil.rmtree(runs_root / owned.job_id, ignore_errors=True)  # a cancelled job never resumes
+        return "cancelled"
+    with fenced(factory, owned) as s:
+        if result.stopped == "pause":
+            _release(s, owned, "paused", f"Job paused at step {result.step}; resume continues from its checkpoint")
+            return "paused"
+        _release(s, owned, "queued", f"Worker shut down at step {result.step}; the job is queued to continue "
+                                     "from its checkpoint")
+        return "requeued"
+
+
+def _fail(factory: sessionmaker[Session], owned: Claim, code: str, message: str, param: str | None = None) -> str:
+    try:
+        with fenced(factory, owned) as s:
+            _finish(s, owned, "failed", f"Job failed: {message}", level="error",
+                    error={"code": code, "message": message, "param": param})
+    except Fenced:
+        return "fenced"
+    except Exception:  # the database is away too: the lease runs out and the sweep decides
+        log.exception("could not record the failure of job %s", owned.job_id)
+        return "unrecorded"
+    return "failed"
+
+
+def _finish(s: Session, owned: Claim, status: str, message: str, *, level: str = "info",
+            **values: object) -> None:
+    s.execute(update(Job).where(Job.id == owned.job_id).values(
+        status=status, finished_at=now(), requested_action=None, lease_expires_at=None, worker_id=None, **values))
+    add_event(s, owned.job_id, owned.attempt, message, level=level)
+
+
+def _release(s: Session, owned: Claim, status: str, message: str) -> None:
+    s.execute(update(Job).where(Job.id == owned.job_id).values(
+        status=status, requested_action=None, lease_expires_at=None, worker_id=None, dispatched_at=None))
+    add_event(s, owned.job_id, owned.attempt, message)

@@ -1,0 +1,115 @@
+"""Claiming a job, heartbeating its lease, and fencing every write by (job id, attempt).
+
+The claim is one conditional UPDATE (`queued -> running`, attempt + 1), so of any number of deliveries of the same
+job id exactly one gets the row; the rest find it no longer queued and do nothing. From then on every write of this
+attempt runs in a `fenced` transaction whose first statement touches the job row only if it is still `running` under
+this attempt. On PostgreSQL that UPDATE also locks the row until commit, so a sweep or a newer attempt cannot slip in
+between the check and the writes; SQLite serialises writers anyway. A stale attempt (one the sweep gave up on after
+its lease expired) gets `Fenced` on its next write and stops without publishing anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import func, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.core.db import transaction
+from api.core.events import add_event
+from api.core.ids import now
+from api.core.tables import Job
+
+log = logging.getLogger("drlora.worker")
+
+
+class Fenced(Exception):
+    """This attempt no longer owns the job: its writes are refused."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    attempt: int
+    worker_id: str
+
+
+def claim(factory: sessionmaker[Session], job_id: str, worker_id: str, lease_s: float) -> Claim | None:
+    t = now()
+    with transaction(factory) as session:
+        attempt = session.execute(
+            update(Job).where(Job.id == job_id, Job.status == "queued")
+            .values(status="running", attempt=Job.attempt + 1, worker_id=worker_id, heartbeat_at=t,
+                    lease_expires_at=t + lease_s, started_at=func.coalesce(Job.started_at, t), requested_action=None)
+            .returning(Job.attempt)
+        ).scalar()
+        if attempt is None:
+            return None
+        add_event(session, job_id, attempt, f"Attempt {attempt} started on worker {worker_id}")
+    return Claim(job_id, attempt, worker_id)
+
+
+@contextmanager
+def fenced(factory: sessionmaker[Session], claim: Claim) -> Iterator[Session]:
+    with transaction(factory) as session:
+        owned = session.execute(
+            update(Job).where(Job.id == claim.job_id, Job.attempt == claim.attempt, Job.status == "running")
+            .values(heartbeat_at=now()).execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if owned != 1:
+            raise Fenced(f"attempt {claim.attempt} of job {claim.job_id} no longer owns it")
+        yield session
+
+
+class Heartbeat:
+    """Extends the lease every `interval` seconds and picks up cancel/pause requests from the row.
+
+    `fenced` becomes true when the row is no longer ours; `lost` when the database stayed unreachable for longer than
+    the lease (someone else may own the job by now), in which case the worker must stop without publishing.
+    """
+
+    def __init__(self, factory: sessionmaker[Session], claim: Claim, interval_s: float, lease_s: float) -> None:
+        self.factory, self.claim, self.interval_s, self.lease_s = factory, claim, interval_s, lease_s
+        self.requested: str | None = None
+        self.fenced = False
+        self.lost = False
+        self._last_ok = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{claim.job_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval_s + 5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s) and not self.fenced:
+            self.beat()
+
+    def beat(self) -> None:
+        t = now()
+        try:
+            with transaction(self.factory) as session:
+                row = session.execute(
+                    update(Job).where(Job.id == self.claim.job_id, Job.attempt == self.claim.attempt,
+                                      Job.status == "running")
+                    .values(heartbeat_at=t, lease_expires_at=t + self.lease_s).returning(Job.requested_action)
+                ).first()
+        except Exception as e:  # the database is away: keep trying until the lease would have run out
+            log.warning("heartbeat of %s failed: %s", self.claim.job_id, e)
+            if time.monotonic() - self._last_ok > self.lease_s:
+                self.lost = True
+            return
+        self._last_ok = time.monotonic()
+        if row is None:
+            self.fenced = True
+            log.warning("job %s attempt %s was taken over; stopping", self.claim.job_id, self.claim.attempt)
+        else:
+            self.requested = row[0]

@@ -1,0 +1,17 @@
+"""`drlora worker`: one Celery worker process consuming training jobs (run one per GPU)."""
+
+from __future__ import annotations
+
+import os
+
+from api.core.settings import Settings
+from worker.app import create_worker_app
+
+
+def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
+    app = create_worker_app(settings)
+    app.worker_main([
+        "worker", f"--loglevel={loglevel}", "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1",
+        "--without-gossip", "--without-mingle", "--without-heartbeat", f"--queues={settings.task_queue}",
+        f"--hostname=drlora-worker-{os.getpid()}@%h",
+    ])
