@@ -200,12 +200,13 @@ def test_cancel_a_running_job(service: Service, train_file_id: str) -> None:
 
 
 def test_pause_and_resume_continue_from_the_checkpoint(service: Service, train_file_id: str) -> None:
-    job_id = service.create(train_file_id, dr_lora(max_steps=10, checkpoint_every=0))
+    steps = 80  # enough that the pause (seen at the next 0.5 s heartbeat) lands well before the end
+    job_id = service.create(train_file_id, dr_lora(max_steps=steps, checkpoint_every=0))
     service.api.wait_step(job_id, 2)
     service.api.post(f"/v1/fine_tuning/jobs/{job_id}/pause")
     paused = service.api.wait_status(job_id, ("paused",), timeout=60)
     step = paused["progress"]["step"]
-    assert 2 <= step < 10
+    assert 2 <= step < steps
     checkpoints = service.api.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
     assert [c["step_number"] for c in checkpoints] == [step]
     resumed = service.api.post(f"/v1/fine_tuning/jobs/{job_id}/resume").json()
@@ -213,9 +214,9 @@ def test_pause_and_resume_continue_from_the_checkpoint(service: Service, train_f
     service.api.wait_status(job_id, ("succeeded",))
     messages = [e["message"] for e in service.api.get(f"/v1/fine_tuning/jobs/{job_id}/events", limit=1000)
                 .json()["data"]]
-    assert f"Training 10 steps from the checkpoint at step {step}" in messages
+    assert f"Training {steps} steps from the checkpoint at step {step}" in messages
     metrics = service.api.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()["data"]
-    assert [m["step"] for m in metrics] == list(range(1, 11))
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1))
     assert service.row(job_id).attempt == 2 and service.adapters(job_id) == 1
 
 
