@@ -39,7 +39,6 @@ class SpeedSettings:
     rounds: int | None = None
     growth_every: int | None = None
     threads: int | None = None
-    fused_adamw: bool = False  # the proposed engine change; False measures the trainer as it is
     retry_timing_gate: bool = True
 
     @property
@@ -83,7 +82,7 @@ def run_speed(settings: SpeedSettings) -> dict[str, Any]:
 
 def measure_model(spec: ModelSpec, settings: SpeedSettings, device: torch.device, dtype: torch.dtype,
                   peak_flops: float | None) -> dict[str, Any]:
-    variants, batch = build_variants(spec, device, dtype, settings.every, settings.fused_adamw)
+    variants, batch = build_variants(spec, device, dtype, settings.every)
     tokens = int(batch["attention_mask"].sum())
     flops = [executed_flops(lambda v=v: train_step(v, batch)) for v in variants]
     # timing order puts the pairs the ratios compare next to each other in every round

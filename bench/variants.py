@@ -25,17 +25,17 @@ from drlora_core.config import LoraConfig, RunConfig
 from drlora_core.families import find_experts
 from drlora_core.growth import allocate, grow
 from drlora_core.signals import Signals
-from drlora_core.trainer import expert_stats, token_loss
+from drlora_core.trainer import adamw, expert_stats, token_loss
 
 Batch = dict[str, torch.Tensor]
 TRANSFORMERS_IMPLS: tuple[str, ...] = ("grouped_mm", "batched_mm", "eager")  # fastest first
 LR = 1e-4
 
 
-def adamw(params: Any, fused: bool) -> torch.optim.Optimizer:
-    """The trainer's optimizer today is torch's default AdamW; `fused=True` is the engine change proposed in
-    docs/benchmarks.md, selectable (`--fused-adamw`) to measure it. Every variant gets the same kind."""
-    return torch.optim.AdamW(params, lr=LR, fused=fused or None)
+def optimizer_for(params: Any) -> torch.optim.Optimizer:
+    """Every variant, PEFT's included, gets the trainer's own optimizer (fused AdamW on CPU and CUDA)."""
+    params = list(params)
+    return adamw(params, LR, 0.0, params[0].device)
 
 
 @dataclass
@@ -129,10 +129,10 @@ def make_base(model: nn.Module, probe: Callable[[nn.Module], None]) -> Variant:
     return Variant("base", model, None, impl, "-")
 
 
-def make_drlora(name: str, model: nn.Module, config: LoraConfig, ranks: list[list[int]], fused: bool,
+def make_drlora(name: str, model: nn.Module, config: LoraConfig, ranks: list[list[int]],
                 growth_every: int | None = None) -> Variant:
     adapter = attach(model, config, ranks=ranks)
-    optimizer = adamw(adapter.lora.parameters(), fused)
+    optimizer = optimizer_for(adapter.lora.parameters())
     compute = sorted({b.compute_rank for b in adapter.banks})
     label = f"{min(min(r) for r in ranks)}..{max(max(r) for r in ranks)} (computes {compute[-1]})" \
         if any(len(set(r)) > 1 for r in ranks) else str(ranks[0][0])
@@ -144,7 +144,7 @@ def make_drlora(name: str, model: nn.Module, config: LoraConfig, ranks: list[lis
     return variant
 
 
-def make_peft(model: nn.Module, rank: int, probe: Callable[[nn.Module], None], fused: bool) -> Variant:
+def make_peft(model: nn.Module, rank: int, probe: Callable[[nn.Module], None]) -> Variant:
     import peft
 
     impl = set_fastest_impl(model, probe)
@@ -154,11 +154,11 @@ def make_peft(model: nn.Module, rank: int, probe: Callable[[nn.Module], None], f
                              lora_dropout=0.0)
     wrapped = peft.get_peft_model(model, config)  # type: ignore[arg-type]
     params = [p for p in wrapped.parameters() if p.requires_grad]
-    return Variant(f"peft@{rank}", wrapped, adamw(params, fused), impl, str(rank))
+    return Variant(f"peft@{rank}", wrapped, optimizer_for(params), impl, str(rank))
 
 
-def build_variants(spec: ModelSpec, device: torch.device, dtype: torch.dtype, growth_every: int,
-                   fused_adamw: bool = False) -> tuple[list[Variant], Batch]:
+def build_variants(spec: ModelSpec, device: torch.device, dtype: torch.dtype,
+                   growth_every: int) -> tuple[list[Variant], Batch]:
     """The six variants on copies of one model, and the batch they all train on."""
     torch.manual_seed(0)
     original = spec.build(device, dtype)
@@ -174,16 +174,15 @@ def build_variants(spec: ModelSpec, device: torch.device, dtype: torch.dtype, gr
             token_loss(m, {k: v[:1, :8] for k, v in batch.items()})
 
     hetero = r.hetero_ranks(layers, experts)
-    fused = fused_adamw
     variants = [
         make_base(clone_sharing_weights(original), probe),
-        make_drlora("dr_lora", clone_sharing_weights(original), config, hetero, fused),
-        make_drlora("dr_lora+growth", clone_sharing_weights(original), config, hetero, fused, growth_every),
+        make_drlora("dr_lora", clone_sharing_weights(original), config, hetero),
+        make_drlora("dr_lora+growth", clone_sharing_weights(original), config, hetero, growth_every),
         make_drlora(f"lora@{r.r_target}", clone_sharing_weights(original), lora_config(spec, "lora"),
-                    [[r.r_target] * experts for _ in range(layers)], fused),
+                    [[r.r_target] * experts for _ in range(layers)]),
         make_drlora(f"lora@{r.r_max}", clone_sharing_weights(original), lora_config(spec, "lora"),
-                    [[r.r_max] * experts for _ in range(layers)], fused),
-        make_peft(clone_sharing_weights(original), r.r_target, probe, fused),
+                    [[r.r_max] * experts for _ in range(layers)]),
+        make_peft(clone_sharing_weights(original), r.r_target, probe),
     ]
     return variants, batch
 

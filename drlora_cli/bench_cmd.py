@@ -30,9 +30,6 @@ def register(subparsers: Any) -> None:
     speed.add_argument("--growth-every", type=int, help="steps between growth events (5 quick, 10 otherwise)")
     speed.add_argument("--threads", type=int, help="torch CPU threads (default: 1 for --quick on CPU, else "
                                                    "torch's choice)")
-    speed.add_argument("--fused-adamw", action="store_true",
-                       help="every variant uses torch's fused AdamW (the proposed trainer change) instead of the "
-                            "default one the trainer uses today")
     speed.add_argument("--check", action="store_true", help="exit 1 when a ratio gate fails (CI)")
     speed.set_defaults(handler=run_speed)
 
@@ -65,7 +62,7 @@ def run_speed(args: argparse.Namespace) -> int:
         quick=args.quick, shapes=args.shapes, families=tuple(_csv(args.families)),
         routings=tuple(_csv(args.routing)), device=args.device, qwen_layers=args.qwen_layers,  # type: ignore[arg-type]
         seq_len=args.seq_len, warmup=args.warmup, rounds=args.rounds, growth_every=args.growth_every,
-        threads=args.threads, fused_adamw=args.fused_adamw)
+        threads=args.threads)
     if settings.device.startswith("cuda"):
         import torch
 
