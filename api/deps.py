@@ -11,9 +11,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.errors import Unauthorized
-from api.core.keys import tenant_for_key
+from api.core.keys import hash_key, tenant_for_key
 from api.core.settings import Settings
 from api.core.tables import Tenant
+from api.ratelimit import enforce
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `drlora keys create --tenant NAME`")
 
@@ -37,13 +38,16 @@ CeleryDep = Annotated[Celery, Depends(get_celery)]
 
 
 def get_current_tenant(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    request: Request, session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Tenant:
+    """Every authenticated route depends on this, so the per-key rate limit covers each of them, new ones too."""
     if credentials is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
     tenant = tenant_for_key(session, credentials.credentials)
     if tenant is None:
         raise Unauthorized("invalid or revoked API key", code="invalid_api_key")
+    enforce(request.app.state.limiter, hash_key(credentials.credentials), request.app.state.settings)
     return tenant
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
 from api.core.errors import ServiceError
@@ -25,7 +26,9 @@ def error_response(status: int, message: str, type: str, *, param: str | None = 
 
 def _service_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
     return error_response(exc.status_code, exc.message, exc.type, param=exc.param, code=exc.code, line=exc.line,
                           headers=headers)
 
@@ -33,7 +36,9 @@ def _service_error(_: Request, exc: Exception) -> JSONResponse:
 def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header", "form")]
+    loc = [str(part) for part in first.get("loc", ())]
+    if loc and loc[0] in ("body", "query", "path", "header", "cookie", "form"):
+        del loc[0]  # where the value was sent, not its name (a field may itself be called "path")
     if len(loc) >= 3 and loc[0] == "method" and loc[1] == loc[2]:
         del loc[1]  # pydantic names the union member by its tag, which is also the next key
     param = ".".join(loc) or None
@@ -49,6 +54,17 @@ def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, str(exc.detail), kind, headers=getattr(exc, "headers", None))
 
 
+def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """The database could not be reached (restart, failover, cut connections): a retryable 503, not a 500. The
+    pool checks connections before use, so requests succeed again as soon as the server is back."""
+    assert isinstance(exc, DBAPIError)
+    if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
+        return _unexpected(request, exc)
+    log.warning("database unavailable: %s", str(exc.orig).strip().splitlines()[0] if exc.orig else exc)
+    return error_response(503, "the database is unavailable; retry shortly", "service_unavailable",
+                          code="database_unavailable", headers={"Retry-After": "1"})
+
+
 def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal server error", "server_error")
@@ -58,4 +74,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -14,6 +14,9 @@ from api.core.db import make_engine, make_sessionmaker
 from api.core.settings import Settings, get_settings
 from api.core.sweep import SweepThread
 from api.limits import UploadLimit
+from api.logredact import install_key_redaction
+from api.nul import RefuseNul
+from api.ratelimit import make_limiter
 from api.routes import drlora, events, files, health, jobs, models
 from api.schemas.errors import ErrorPublic
 
@@ -26,15 +29,22 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
         (500, "Server error"),
     )
 }
+ERROR_RESPONSES[429] = {
+    "model": ErrorPublic, "description": "Rate limit (`rate_limit_exceeded`) or active-job quota "
+    "(`concurrency_quota_exceeded`) reached; retry after the seconds in Retry-After",
+    "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}},
+}
 
 
 def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastAPI:
     settings = settings or get_settings()
+    install_key_redaction()
     for folder in (settings.data_dir, settings.files_root, settings.artifact_root):
         folder.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)
     factory = make_sessionmaker(engine)
     celery = make_celery(settings)
+    limiter = make_limiter(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,13 +54,16 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
         yield
         if sweeper:
             sweeper.stop()
+        limiter.close()
         engine.dispose()
 
     app = FastAPI(title="drlora", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES,
                   description="Fine-tune Mixture-of-Experts models with DR-LoRA; OpenAI fine-tuning API shapes.")
     app.state.settings, app.state.engine, app.state.sessionmaker, app.state.celery = settings, engine, factory, celery
+    app.state.limiter = limiter
     handlers.install(app)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RefuseNul)
     for module in (health, files, models, jobs, events, drlora):
         app.include_router(module.router)
     return app

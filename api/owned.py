@@ -15,8 +15,8 @@ def get_owned_file(session: Session, tenant: Tenant, file_id: str, *, param: str
     return row
 
 
-def get_owned_job(session: Session, tenant: Tenant, job_id: str) -> Job:
+def get_owned_job(session: Session, tenant: Tenant, job_id: str, *, param: str = "fine_tuning_job_id") -> Job:
     row = session.get(Job, job_id)
     if row is None or row.tenant_id != tenant.id:
-        raise NotFound(f"no fine-tuning job with id {job_id!r}", param="fine_tuning_job_id", code="job_not_found")
+        raise NotFound(f"no fine-tuning job with id {job_id!r}", param=param, code="job_not_found")
     return row

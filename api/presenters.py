@@ -27,9 +27,20 @@ def event_id(event: JobEvent) -> str:
     return f"ftevent-{event.id}"
 
 
+# Steps and event ids are INTEGER columns: a larger number in a query would be a database error, not a miss.
+INT_MAX = 2**31 - 1
+
+
+def parse_int(text: str) -> int | None:
+    """A non-negative integer written in ASCII digits within INTEGER range, else None (`"²".isdigit()` is true)."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if value <= INT_MAX else None
+
+
 def parse_event_id(value: str) -> int | None:
-    digits = value.removeprefix("ftevent-")
-    return int(digits) if digits.isdigit() else None
+    return parse_int(value.removeprefix("ftevent-"))
 
 
 def event_public(event: JobEvent) -> EventPublic:

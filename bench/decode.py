@@ -44,7 +44,7 @@ def _decode(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, eos: int, m
             positions = positions[:, -1:]
         else:
             step_ids = torch.cat([ids, new], dim=1)
-        cache = {"cache": past} if past is not None else {}  # transformers 5 names the KV cache `cache`
+        cache: dict[str, Any] = {"cache": past} if past is not None else {}  # transformers 5 names the KV cache `cache`
         result = model(input_ids=step_ids, attention_mask=mask, position_ids=positions.clamp_min(0),
                        use_cache=use_cache, **cache)
         past = result.cache if use_cache else None

@@ -63,7 +63,7 @@ def tiny_spec(family: str, quick: bool) -> ModelSpec:
 SMALL_VOCAB = 2048
 
 
-def _vocab(scale: int, real: int) -> dict[str, int]:
+def _vocab(scale: int, real: int) -> dict[str, Any]:
     if scale == 1:
         return {"vocab_size": real}
     return {"vocab_size": SMALL_VOCAB, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
@@ -85,7 +85,8 @@ def _qwen3_config(scale: int, layers: int) -> Any:
     # Qwen3-30B-A3B: hidden 2048, expert width 768, 48 layers, 128 experts, top-8, 32 q / 4 kv heads of 128.
     return Qwen3MoeConfig(**_vocab(scale, 151936), hidden_size=2048 // scale, intermediate_size=6144 // scale,
                           moe_intermediate_size=768 // scale, num_hidden_layers=layers,
-                          num_attention_heads=32 // scale, num_key_value_heads=4, head_dim=128,
+                          num_attention_heads=32 // scale, num_key_value_heads=4,
+                          head_dim=128,  # type: ignore[call-arg]  # accepted through **kwargs
                           num_experts=128, num_experts_per_tok=8, decoder_sparse_step=1, mlp_only_layers=[],
                           max_position_embeddings=4096, tie_word_embeddings=False)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import statistics
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -84,10 +85,10 @@ def measure_model(spec: ModelSpec, settings: SpeedSettings, device: torch.device
                   peak_flops: float | None) -> dict[str, Any]:
     variants, batch = build_variants(spec, device, dtype, settings.every)
     tokens = int(batch["attention_mask"].sum())
-    flops = [executed_flops(lambda v=v: train_step(v, batch)) for v in variants]
+    flops = [executed_flops(partial(train_step, v, batch)) for v in variants]
     # timing order puts the pairs the ratios compare next to each other in every round
     order = TIMING_ORDER
-    timed = round_robin([lambda v=variants[i]: train_step(v, batch) for i in order], device,
+    timed = round_robin([partial(train_step, variants[i], batch) for i in order], device,
                         settings.warmup_steps, settings.timed_rounds)
     times = [timed[order.index(i)] for i in range(len(variants))]
     rows = [_row(v, t, f, tokens, peak_flops, device) for v, t, f in zip(variants, times, flops, strict=True)]
@@ -194,7 +195,7 @@ def failed_gates(ratios: dict[str, Any], names: tuple[str, ...]) -> list[str]:
 
 
 def _top_k(model: torch.nn.Module) -> int:
-    config = model.config
+    config: Any = model.config
     return int(getattr(config, "num_experts_per_tok", None) or config.top_k)
 
 

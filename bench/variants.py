@@ -49,7 +49,7 @@ class Variant:
     growth: GrowthDriver | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def trainable(self) -> list[torch.Tensor]:
+    def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad] + (
             list(self.adapter.lora.parameters()) if self.adapter is not None else [])
 
@@ -162,7 +162,9 @@ def build_variants(spec: ModelSpec, device: torch.device, dtype: torch.dtype,
     """The six variants on copies of one model, and the batch they all train on."""
     torch.manual_seed(0)
     original = spec.build(device, dtype)
-    batch = random_batch(int(original.config.vocab_size), spec.batch, spec.seq_len, device)  # type: ignore[union-attr]
+    config: Any = original.config
+    vocab = int(config.vocab_size)
+    batch = random_batch(vocab, spec.batch, spec.seq_len, device)
     impose_routing(original, spec.routing)  # hooks are copied along with the modules
     layers = len(find_experts(original))
     experts = find_experts(original)[0].num_experts

@@ -5,14 +5,21 @@ Layout of `<out>/checkpoints/step-000120/`:
   signals.safetensors    frequency EMA, slice-importance EMAs, this step's routing counts, RNG states
   optimizer.safetensors  AdamW moments and step counters, keyed by parameter index
   trainer.json           run config, step, data position, growth events, scheduler and optimizer hyperparameters
-  COMPLETE               written last: a folder without it is a partial write and is ignored (and removed)
+  COMPLETE               written last (JSON, the step): a folder without it is a partial write, ignored and removed
 A checkpoint is written to a temporary folder, fsynced and renamed, so a crash leaves the old state or the new.
+
+Crash drill: with `DRLORA_DEBUG_HOLD_CHECKPOINT_STEP=N` in its environment, the process writing step N's checkpoint
+stops after the data files, before the marker and the rename, and waits there for an hour, so that an operator (or
+a test) can kill it mid-write and watch the next run ignore and remove the partial folder. Unset, it costs nothing.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +31,9 @@ from drlora_core.atomic import fresh_tmp, publish_dir
 
 PREFIX = "step-"
 MARKER = "COMPLETE"
+HOLD_STEP_ENV = "DRLORA_DEBUG_HOLD_CHECKPOINT_STEP"
+HOLD_SECONDS = 3600.0
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,8 +54,16 @@ def save_checkpoint(out_dir: Path, step: int, data: CheckpointData) -> Path:
     for stem, tensors in data.tensors.items():
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / f"{stem}.safetensors"))
     (tmp / "trainer.json").write_text(json.dumps(data.meta, indent=1))
-    (tmp / MARKER).write_text("ok\n")
+    _hold_if_drilled(step, tmp)
+    (tmp / MARKER).write_text(json.dumps({"step": step}) + "\n")
     return publish_dir(tmp, final)
+
+
+def _hold_if_drilled(step: int, tmp: Path) -> None:
+    """The crash drill's pause (see the module docstring): the checkpoint is half written while this sleeps."""
+    if os.environ.get(HOLD_STEP_ENV, "").strip() == str(step):
+        log.warning("%s=%s: holding the partial checkpoint %s for a crash drill", HOLD_STEP_ENV, step, tmp)
+        time.sleep(HOLD_SECONDS)
 
 
 def load_checkpoint(path: Path) -> CheckpointData:
@@ -57,16 +75,23 @@ def load_checkpoint(path: Path) -> CheckpointData:
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
     """The newest complete checkpoint; partial folders left by a crash are removed on the way."""
+    remove_partial_checkpoints(out_dir)
+    root = checkpoint_dir(out_dir)
+    complete = [p for p in root.glob(f"{PREFIX}*") if p.is_dir()] if root.is_dir() else []
+    return max(complete, key=lambda p: int(p.name[len(PREFIX):]), default=None)
+
+
+def remove_partial_checkpoints(out_dir: Path) -> list[Path]:
+    """Delete what a writer killed mid-checkpoint left under `out_dir` (a temporary folder, or a folder without the
+    marker); returns what was removed. Never touches a complete checkpoint."""
     root = checkpoint_dir(out_dir)
     if not root.is_dir():
-        return None
-    for partial in root.glob(f".{PREFIX}*.tmp"):
-        shutil.rmtree(partial, ignore_errors=True)
-    complete = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and (p / MARKER).is_file()]
-    for p in root.glob(f"{PREFIX}*"):
-        if p.is_dir() and p not in complete:
-            shutil.rmtree(p, ignore_errors=True)
-    return max(complete, key=lambda p: int(p.name[len(PREFIX):]), default=None)
+        return []
+    partial = [p for p in root.glob(f".{PREFIX}*.tmp")]
+    partial += [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and not (p / MARKER).is_file()]
+    for p in partial:
+        shutil.rmtree(p, ignore_errors=True)
+    return partial
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -5,16 +5,21 @@ Each attempt writes only under `runs/<job>/attempt-<n>/`, so a stale attempt tha
 partition) cannot overwrite the files of the attempt that replaced it. The checkpoint to resume from is the newest
 one recorded by a fenced write, not whatever lies on disk: a checkpoint a stale attempt wrote after losing the job
 was never recorded and is never used. Its files are hard links (copies across devices) of the earlier attempt's.
+What a killed writer left half written in an earlier attempt's folder is removed when the next attempt starts.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
+from drlora_core.checkpoint import remove_partial_checkpoints
 from drlora_core.config import RANK_MULTIPLE, LoraConfig, RunConfig, TrainConfig
 from drlora_core.run import RunResult, train_run
+
+log = logging.getLogger("drlora.worker")
 
 
 def run_config(method: str, hp: dict[str, Any], seed: int, device: str) -> RunConfig:
@@ -41,6 +46,9 @@ def run_config(method: str, hp: dict[str, Any], seed: int, device: str) -> RunCo
 def attempt_dir(runs_root: Path, job_id: str, attempt: int, resume_from: Path | None) -> Path:
     """A fresh folder for this attempt, holding a link of `resume_from` (a recorded checkpoint) if any."""
     out = runs_root / job_id / f"attempt-{attempt}"
+    for earlier in sorted((runs_root / job_id).glob("attempt-*")):
+        for partial in remove_partial_checkpoints(earlier):
+            log.warning("removed the partial checkpoint %s left by a killed writer", partial)
     if out.exists():
         shutil.rmtree(out)
     if resume_from is not None and resume_from.is_dir():

@@ -1,7 +1,7 @@
 """One delivery of `drlora.train_job(job_id)`: claim, heartbeat, train, publish, set the final status.
 
-Every outcome is written in one fenced transaction, so it happens exactly once and only for the attempt that owns
-the job: success publishes the adapter zip (written atomically under `artifacts/<job>/attempt-<n>/` first, then its
+Every outcome is written in one fenced transaction (retried across a short database outage, worker/retry.py), so it
+happens exactly once and only for the attempt that owns the job: success publishes the adapter zip (written atomically under `artifacts/<job>/attempt-<n>/` first, then its
 row with sha256 and the status together); cancel, pause and a SIGTERM shutdown record their status (the latter two
 after the engine wrote a checkpoint); an engine error fails the job. A duplicate delivery claims nothing.
 """
@@ -27,8 +27,9 @@ from api.core.tables import Artifact, Checkpoint, File, Job, RegisteredModel
 from drlora_core.config import ConfigError
 from drlora_core.run import RunResult
 from worker import engine
-from worker.lease import Claim, Fenced, Heartbeat, claim, fenced
+from worker.lease import Claim, Fenced, Heartbeat, claim
 from worker.recorder import Recorder
+from worker.retry import write_fenced
 
 log = logging.getLogger("drlora.worker")
 
@@ -63,12 +64,12 @@ def run_job(job_id: str, factory: sessionmaker[Session], settings: Settings) -> 
         log.warning("%s; its results are discarded", e)
         return "fenced"
     except ConfigError as e:  # hyperparameters the engine found impossible for this model and dataset
-        return _fail(factory, owned, "invalid_hyperparameters", str(e), param=e.param)
+        return _fail(factory, owned, heartbeat, "invalid_hyperparameters", str(e), param=e.param)
     except JobInputError as e:
-        return _fail(factory, owned, "invalid_input", str(e))
+        return _fail(factory, owned, heartbeat, "invalid_input", str(e))
     except Exception as e:
         log.exception("job %s attempt %s failed", job_id, owned.attempt)
-        return _fail(factory, owned, "training_error", f"{type(e).__name__}: {e}")
+        return _fail(factory, owned, heartbeat, "training_error", f"{type(e).__name__}: {e}")
     finally:
         heartbeat.stop()
 
@@ -82,13 +83,14 @@ def _train_and_finish(owned: Claim, heartbeat: Heartbeat, factory: sessionmaker[
     recorder = Recorder(factory, owned, heartbeat, runs_root=settings.runs_root, artifact_root=settings.artifact_root,
                         time_limit_s=settings.job_time_limit_s)
     result = engine.train(inputs.model_dir, inputs.train_file, out_dir, config, inputs.val_file, [recorder])
-    if heartbeat.fenced or heartbeat.lost:
+    if heartbeat.fenced or heartbeat.out_of_lease():
         raise Fenced(f"attempt {owned.attempt} of job {owned.job_id} lost its lease while training")
     if result.status == "completed":
-        return _publish(factory, owned, result, settings)
+        return _publish(factory, owned, heartbeat, result, settings)
     if recorder.timed_out:
-        return _fail(factory, owned, "timeout", f"the job ran past its time limit of {settings.job_time_limit_s:.0f} s")
-    return _record_stop(factory, owned, result, settings.runs_root)
+        return _fail(factory, owned, heartbeat, "timeout",
+                     f"the job ran past its time limit of {settings.job_time_limit_s:.0f} s")
+    return _record_stop(factory, owned, heartbeat, result, settings.runs_root)
 
 
 def _inputs(session: Session, job: Job, settings: Settings) -> Inputs:
@@ -110,11 +112,13 @@ def _inputs(session: Session, job: Job, settings: Settings) -> Inputs:
     return Inputs(Path(model.path), files[0], files[1], resume_from)
 
 
-def _publish(factory: sessionmaker[Session], owned: Claim, result: RunResult, settings: Settings) -> str:
+def _publish(factory: sessionmaker[Session], owned: Claim, heartbeat: Heartbeat, result: RunResult,
+             settings: Settings) -> str:
     assert result.adapter_dir is not None
     relative = f"{owned.job_id}/attempt-{owned.attempt}/adapter.zip"
     sha256, size = zip_dir_atomic(result.adapter_dir, settings.artifact_root / relative)
-    with fenced(factory, owned) as s:
+
+    def write(s: Session) -> str:
         job = s.get_one(Job, owned.job_id)
         if job.requested_action == "cancel":  # asked for during the last step: honour it, publish nothing
             _finish(s, owned, "cancelled", "Job cancelled")
@@ -123,17 +127,19 @@ def _publish(factory: sessionmaker[Session], owned: Claim, result: RunResult, se
                        checkpoint_id=None, path=relative, sha256=sha256, bytes=size, created_at=now()))
         _finish(s, owned, "succeeded", f"Job succeeded after {result.step} steps; adapter sha256 {sha256}",
                 fine_tuned_model=fine_tuned_model_name(job), step=result.step)
+        return "succeeded"
+
+    outcome = write_fenced(factory, owned, heartbeat, write)
     shutil.rmtree(settings.runs_root / owned.job_id, ignore_errors=True)
-    return "succeeded"
+    return outcome
 
 
-def _record_stop(factory: sessionmaker[Session], owned: Claim, result: RunResult, runs_root: Path) -> str:
-    if result.stopped == "cancel":
-        with fenced(factory, owned) as s:
+def _record_stop(factory: sessionmaker[Session], owned: Claim, heartbeat: Heartbeat, result: RunResult,
+                 runs_root: Path) -> str:
+    def write(s: Session) -> str:
+        if result.stopped == "cancel":
             _finish(s, owned, "cancelled", f"Job cancelled at step {result.step}")
-        shutil.rmtree(runs_root / owned.job_id, ignore_errors=True)  # a cancelled job never resumes
-        return "cancelled"
-    with fenced(factory, owned) as s:
+            return "cancelled"
         if result.stopped == "pause":
             _release(s, owned, "paused", f"Job paused at step {result.step}; resume continues from its checkpoint")
             return "paused"
@@ -141,12 +147,20 @@ def _record_stop(factory: sessionmaker[Session], owned: Claim, result: RunResult
                                      "from its checkpoint")
         return "requeued"
 
+    outcome = write_fenced(factory, owned, heartbeat, write)
+    if outcome == "cancelled":
+        shutil.rmtree(runs_root / owned.job_id, ignore_errors=True)  # a cancelled job never resumes
+    return outcome
 
-def _fail(factory: sessionmaker[Session], owned: Claim, code: str, message: str, param: str | None = None) -> str:
+
+def _fail(factory: sessionmaker[Session], owned: Claim, heartbeat: Heartbeat, code: str, message: str,
+          param: str | None = None) -> str:
+    def write(s: Session) -> None:
+        _finish(s, owned, "failed", f"Job failed: {message}", level="error",
+                error={"code": code, "message": message, "param": param})
+
     try:
-        with fenced(factory, owned) as s:
-            _finish(s, owned, "failed", f"Job failed: {message}", level="error",
-                    error={"code": code, "message": message, "param": param})
+        write_fenced(factory, owned, heartbeat, write)
     except Fenced:
         return "fenced"
     except Exception:  # the database is away too: the lease runs out and the sweep decides

@@ -89,12 +89,18 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=self.interval_s + 5)
 
+    def out_of_lease(self) -> bool:
+        """Whether the lease may have expired unrenewed (no beat got through for `lease_s`); once true, stays true."""
+        if not self.lost and time.monotonic() - self._last_ok > self.lease_s:
+            self.lost = True
+        return self.lost
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s) and not self.fenced:
             self.beat()
 
     def beat(self) -> None:
-        t = now()
+        t, started = now(), time.monotonic()  # the lease runs from before the write, as the database sees it
         try:
             with transaction(self.factory) as session:
                 row = session.execute(
@@ -104,10 +110,11 @@ class Heartbeat:
                 ).first()
         except Exception as e:  # the database is away: keep trying until the lease would have run out
             log.warning("heartbeat of %s failed: %s", self.claim.job_id, e)
-            if time.monotonic() - self._last_ok > self.lease_s:
-                self.lost = True
+            if not self.lost and self.out_of_lease():
+                log.warning("job %s attempt %s: no heartbeat got through for longer than the lease; stopping",
+                            self.claim.job_id, self.claim.attempt)
             return
-        self._last_ok = time.monotonic()
+        self._last_ok = started
         if row is None:
             self.fenced = True
             log.warning("job %s attempt %s was taken over; stopping", self.claim.job_id, self.claim.attempt)

@@ -1,4 +1,5 @@
-"""The engine callback that records a run in the database, every write fenced by the attempt.
+"""The engine callback that records a run in the database, every write fenced by the attempt and retried across a
+short database outage (worker/retry.py): training waits for the database rather than failing on a restart.
 
 It also answers the engine's `should_stop` from what the heartbeat saw (cancel, pause, lost ownership), from a
 SIGTERM (`shutdown`: the engine checkpoints and the job goes back to the queue) and from the job's time limit.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import delete, update
@@ -20,7 +22,8 @@ from api.core.storage import zip_files_atomic
 from api.core.tables import Artifact, Checkpoint, ExpertStat, GrowthEvent, Job, Metric, RankSnapshot
 from drlora_core.callbacks import ExpertStats, StepMetrics, StopReason
 from drlora_core.callbacks import GrowthEvent as EngineGrowthEvent
-from worker.lease import Claim, Heartbeat, fenced
+from worker.lease import Claim, Fenced, Heartbeat
+from worker.retry import write_fenced
 
 log = logging.getLogger("drlora.worker")
 
@@ -46,7 +49,8 @@ class Recorder:
     def on_start(self, total_steps: int, ranks: list[list[int]], start_step: int) -> None:
         self.total_steps, self._start_step, self._started = total_steps, start_step, time.monotonic()
         job_id = self.claim.job_id
-        with fenced(self.factory, self.claim) as s:
+
+        def write(s: Session) -> None:
             # A resumed attempt replays the steps after its checkpoint: forget what the lost attempt recorded there.
             for table in (Metric, GrowthEvent, RankSnapshot, ExpertStat, Checkpoint):
                 s.execute(delete(table).where(table.job_id == job_id, table.step > start_step))
@@ -56,11 +60,14 @@ class Recorder:
             add_event(s, job_id, self.claim.attempt, f"Training {total_steps} steps {where}",
                       data={"total_steps": total_steps, "start_step": start_step})
 
+        self._write(write)
+
     def on_step(self, m: StepMetrics) -> None:
         done = m.step - self._start_step
         rate = (time.monotonic() - self._started) / done if done > 0 else None
         eta = now() + rate * (m.total_steps - m.step) if rate is not None else None
-        with fenced(self.factory, self.claim) as s:
+
+        def write(s: Session) -> None:
             s.merge(Metric(job_id=self.claim.job_id, step=m.step, train_loss=m.train_loss, learning_rate=m.learning_rate,
                            tokens_per_second=m.tokens_per_second, grad_norm=m.grad_norm,
                            trained_tokens=m.trained_tokens, created_at=now()))
@@ -71,8 +78,10 @@ class Recorder:
                       data={"step": m.step, "total_steps": m.total_steps, "train_loss": m.train_loss,
                             "learning_rate": m.learning_rate, "tokens_per_second": m.tokens_per_second})
 
+        self._write(write)
+
     def on_growth(self, events: list[EngineGrowthEvent], stats: ExpertStats) -> None:
-        with fenced(self.factory, self.claim) as s:
+        def write(s: Session) -> None:
             for e in events:
                 s.add(GrowthEvent(job_id=self.claim.job_id, step=e.step, layer=e.layer, expert=e.expert,
                                   old_rank=e.old_rank, new_rank=e.new_rank, saliency=e.saliency,
@@ -83,8 +92,10 @@ class Recorder:
                       f"Step {stats.step}: grew {len(events)} experts by {added} rank slices in total",
                       data={"step": stats.step, "grown_experts": len(events), "added_rank": added})
 
+        self._write(write)
+
     def on_eval(self, step: int, valid_loss: float) -> None:
-        with fenced(self.factory, self.claim) as s:
+        def write(s: Session) -> None:
             row = s.get(Metric, (self.claim.job_id, step))
             if row is None:
                 s.add(Metric(job_id=self.claim.job_id, step=step, valid_loss=valid_loss, created_at=now()))
@@ -93,10 +104,16 @@ class Recorder:
             add_event(s, self.claim.job_id, self.claim.attempt, f"Step {step}: validation loss={valid_loss:.4f}",
                       type="metrics", data={"step": step, "valid_loss": valid_loss})
 
+        self._write(write)
+
     def on_checkpoint(self, step: int, path: Path) -> None:
+        if self.heartbeat.fenced or self.heartbeat.out_of_lease():  # no download nobody will ever record
+            raise Fenced(f"attempt {self.claim.attempt} of job {self.claim.job_id} no longer owns it; its checkpoint "
+                         f"at step {step} is not published")
         artifact_rel = f"{self.claim.job_id}/attempt-{self.claim.attempt}/checkpoint-step-{step:06d}.zip"
         sha256, size = _zip_checkpoint(path, self.artifact_root / artifact_rel)
-        with fenced(self.factory, self.claim) as s:
+
+        def write(s: Session) -> None:
             s.execute(delete(Checkpoint).where(Checkpoint.job_id == self.claim.job_id, Checkpoint.step == step))
             s.execute(delete(Artifact).where(Artifact.job_id == self.claim.job_id, Artifact.kind == "checkpoint",
                                              Artifact.step == step))
@@ -111,8 +128,10 @@ class Recorder:
             add_event(s, self.claim.job_id, self.claim.attempt, f"Checkpoint saved at step {step}",
                       data={"step": step, "checkpoint": ckpt.id})
 
+        self._write(write)
+
     def should_stop(self, step: int) -> StopReason | None:
-        if self.heartbeat.fenced or self.heartbeat.lost or shutdown_requested.is_set():
+        if self.heartbeat.fenced or self.heartbeat.out_of_lease() or shutdown_requested.is_set():
             return "shutdown"
         if time.monotonic() > self.deadline:
             self.timed_out = True
@@ -122,12 +141,14 @@ class Recorder:
         return None
 
     def on_end(self, step: int, stats: ExpertStats, stopped: StopReason | None) -> None:
-        if self.heartbeat.fenced or self.heartbeat.lost:
+        if self.heartbeat.fenced or self.heartbeat.out_of_lease():
             return
-        with fenced(self.factory, self.claim) as s:
-            self._record_stats(s, stats)
+        self._write(lambda s: self._record_stats(s, stats))
 
     # -- helpers ------------------------------------------------------------------------------------------------
+    def _write(self, write: Callable[[Session], None]) -> None:
+        write_fenced(self.factory, self.claim, self.heartbeat, write)
+
     def _record_stats(self, s: Session, stats: ExpertStats) -> None:
         s.merge(ExpertStat(job_id=self.claim.job_id, step=stats.step, frequency=stats.frequency,
                            importance=stats.importance, saliency=stats.saliency, ranks=stats.ranks))

@@ -7,6 +7,7 @@
     ├── Conflict (409 conflict_error): the job's state does not allow the action
     ├── PayloadTooLarge (413 invalid_request_error)
     ├── Unprocessable (422 invalid_request_error): e.g. an Idempotency-Key reused with another body
+    ├── TooManyRequests (429 rate_limit_error; `retry_after` becomes the Retry-After header)
     └── Unavailable (503 service_unavailable)
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 class ServiceError(Exception):
     status_code = 500
     type = "server_error"
+    retry_after: int | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  line: int | None = None) -> None:
@@ -54,6 +56,15 @@ class PayloadTooLarge(ServiceError):
 class Unprocessable(ServiceError):
     status_code = 422
     type = "invalid_request_error"
+
+
+class TooManyRequests(ServiceError):
+    status_code = 429
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, *, code: str, retry_after: int) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = max(1, retry_after)
 
 
 class Unavailable(ServiceError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +22,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".drlora")
     database_url: str = ""  # empty: sqlite:///<data_dir>/drlora.db
     broker_url: str = ""  # empty: filesystem broker under <data_dir>/broker
+    # Redis only: seconds before an unacknowledged message is handed out again (kombu's default, 1 h, when unset).
+    broker_visibility_timeout_s: float | None = None
     artifact_dir: Path | None = None  # default <data_dir>/artifacts
     host: str = "127.0.0.1"
     port: int = 8000
@@ -29,6 +32,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 100 * 2**20
     max_dataset_lines: int = 1_000_000
     max_line_bytes: int = 2**20
+
+    # Per API key: bursts up to `rate_limit_requests`, then that many per window (429 above); 0 disables.
+    rate_limit_requests: Annotated[int, Field(ge=0)] = 600
+    rate_limit_window_s: Annotated[float, Field(gt=0)] = 60.0
+    # Jobs a tenant may have queued or running at once (paused ones do not count); 0 disables.
+    max_active_jobs_per_tenant: Annotated[int, Field(ge=0)] = 4
 
     heartbeat_interval_s: float = 10.0
     lease_s: float = 60.0

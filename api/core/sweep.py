@@ -1,7 +1,7 @@
 """The periodic sweep that makes the broker untrusted: it re-sends queued jobs and takes back lost running ones.
 
-1. A `running` job whose lease expired lost its worker (killed, frozen, cut off). If a cancel or pause was asked
-   for, that now takes effect; otherwise the job goes back to `queued` (the next attempt resumes from its last
+1. A `running` job whose lease expired lost its worker (killed, frozen, cut off); so did one with no lease at all,
+   which no worker can be renewing (claims always set one). If a cancel or pause was asked for, that now takes effect; otherwise the job goes back to `queued` (the next attempt resumes from its last
    checkpoint) or, after `max_attempts` lost runs, to `failed` naming the cause.
 2. A `queued` job never sent, or sent longer than `redispatch_after_s` ago without being claimed (the send failed,
    the broker lost the message, the worker died before claiming), is sent again. Duplicates are harmless: only one
@@ -16,7 +16,7 @@ import logging
 import threading
 
 from celery import Celery
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.broker import send_train
@@ -35,10 +35,14 @@ def sweep_once(factory: sessionmaker[Session], celery: Celery, settings: Setting
     return redispatch(factory, celery, settings)
 
 
+def _lease_gone(t: float) -> ColumnElement[bool]:
+    return (Job.lease_expires_at < t) | Job.lease_expires_at.is_(None)
+
+
 def reclaim_lost(factory: sessionmaker[Session]) -> None:
     t = now()
     with transaction(factory) as session:
-        lost = session.scalars(select(Job).where(Job.status == "running", Job.lease_expires_at < t)).all()
+        lost = session.scalars(select(Job).where(Job.status == "running", _lease_gone(t))).all()
         for job in lost:
             _reclaim(session, job, t)
 
@@ -62,7 +66,7 @@ def _reclaim(session: Session, job: Job, t: float) -> None:
         message, level = f"Worker of attempt {job.attempt} lost (no heartbeat); job requeued", "warn"
     result = session.execute(
         update(Job)
-        .where(Job.id == job.id, Job.attempt == job.attempt, Job.status == "running", Job.lease_expires_at < t)
+        .where(Job.id == job.id, Job.attempt == job.attempt, Job.status == "running", _lease_gone(t))
         .values(requested_action=None, worker_id=None, lease_expires_at=None, **values)
         .execution_options(synchronize_session=False)
     )

@@ -14,6 +14,7 @@ from api.core.storage import StorageError, verified_path
 from api.core.tables import Artifact, Checkpoint, ExpertStat, GrowthEvent, Job, Metric, RankSnapshot
 from api.deps import CurrentTenant, SessionDep, SettingsDep
 from api.owned import get_owned_job
+from api.presenters import INT_MAX, parse_int
 from api.schemas.drlora import ExpertsPublic, GrowthEventPublic, MetricPublic, MetricsPublic, RanksPublic
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["dr-lora"])
@@ -28,7 +29,7 @@ def _rank_bounds(job: Job) -> tuple[int, int, int]:
 @router.get("/{fine_tuning_job_id}/ranks", response_model=RanksPublic)
 def get_ranks(
     session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: str,
-    step: Annotated[int | None, Query(ge=0, description="the rank map as it stood after this step")] = None,
+    step: Annotated[int | None, Query(ge=0, le=INT_MAX, description="the rank map as it stood after this step")] = None,
 ) -> RanksPublic:
     job = get_owned_job(session, tenant, fine_tuning_job_id)
     snapshots = select(RankSnapshot).where(RankSnapshot.job_id == job.id)
@@ -63,7 +64,7 @@ def get_experts(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: 
 @router.get("/{fine_tuning_job_id}/metrics", response_model=MetricsPublic)
 def get_metrics(
     session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: str,
-    after: Annotated[int | None, Query(ge=0, description="only steps after this one")] = None,
+    after: Annotated[int | None, Query(ge=0, le=INT_MAX, description="only steps after this one")] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> MetricsPublic:
     job = get_owned_job(session, tenant, fine_tuning_job_id)
@@ -86,9 +87,8 @@ def _find_artifact(session: SessionDep, job: Job, checkpoint: str | None) -> Art
         query = query.where(Artifact.kind == "adapter")
     else:
         ckpt = session.get(Checkpoint, checkpoint)
-        if ckpt is None and checkpoint.isdigit():
-            ckpt = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id,
-                                                           Checkpoint.step == int(checkpoint)))
+        if ckpt is None and (step := parse_int(checkpoint)) is not None:
+            ckpt = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step == step))
         if ckpt is None or ckpt.job_id != job.id:
             raise NotFound(f"no checkpoint {checkpoint!r} in job {job.id}", param="checkpoint",
                            code="checkpoint_not_found")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from api.core.errors import InvalidRequest, NotFound, PayloadTooLarge
+from api.core.errors import InvalidRequest, NotFound, PayloadTooLarge, Unprocessable
 from api.core.ids import new_id, now
 from api.core.storage import StorageError, resolve_inside, write_atomic
 from api.core.tables import File
@@ -20,6 +20,7 @@ from drlora_core.formats import DatasetError, validate_jsonl
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 PURPOSES = ("fine-tune",)
+UPLOAD_FIELDS = ("file", "purpose")
 
 
 def file_public(row: File) -> FilePublic:
@@ -45,6 +46,10 @@ async def upload_file(
     request: Request, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep,
     file: UploadFile, purpose: Annotated[str, Form()],
 ) -> FilePublic:
+    # Form fields beyond these would be silently dropped; refuse them so that nobody believes they set e.g. a tenant.
+    if unknown := sorted(set((await request.form()).keys()) - set(UPLOAD_FIELDS)):
+        raise Unprocessable(f"{unknown[0]}: unknown form field; send only {' and '.join(UPLOAD_FIELDS)}",
+                            param=unknown[0], code="unknown_parameter")
     if purpose not in PURPOSES:
         raise InvalidRequest(f"purpose must be one of {', '.join(PURPOSES)}", param="purpose", code="invalid_purpose")
     data = await _read_capped(request, file, settings.max_upload_bytes)
@@ -73,7 +78,7 @@ def list_files(
     if purpose:
         query = query.where(File.purpose == purpose)
     if after:
-        cursor = get_owned_file(session, tenant, after)
+        cursor = get_owned_file(session, tenant, after, param="after")
         query = query.where((File.created_at < cursor.created_at)
                             | ((File.created_at == cursor.created_at) & (File.id < cursor.id)))
     rows = session.scalars(query.order_by(File.created_at.desc(), File.id.desc()).limit(limit + 1)).all()

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.core import jobs as transitions
+from api.core import quota
 from api.core.errors import InvalidRequest, Unprocessable
 from api.core.events import add_event
 from api.core.ids import new_id, now
@@ -78,8 +79,15 @@ def create_job(
 ) -> JobPublic:
     request_hash = _request_hash(body)
     if idempotency_key and (existing := _replay(session, tenant, idempotency_key, request_hash)):
-        return job_public(existing)
+        return job_public(existing)  # a replay is answered even when the quota is full
     job = _new_job(session, tenant, body, settings)
+    if settings.max_active_jobs_per_tenant:
+        quota.lock_tenant(session, tenant.id)  # held until the commit: parallel creates of this tenant queue here
+        if idempotency_key and (existing := _replay(session, tenant, idempotency_key, request_hash)):
+            public = job_public(existing)  # a parallel request with this key committed while we waited
+            session.rollback()
+            return public
+        quota.check_active_jobs(session, tenant.id, settings.max_active_jobs_per_tenant)
     job.idempotency_key, job.request_hash = idempotency_key, request_hash
     session.add(job)
     add_event(session, job.id, 0, f"Created fine-tuning job {job.id} ({job.method} on {job.model})")
@@ -110,7 +118,7 @@ def list_jobs(
     for key, value in _metadata_filters(request).items():
         query = query.where(Job.meta[key].as_string() == value)
     if after:
-        cursor = get_owned_job(session, tenant, after)
+        cursor = get_owned_job(session, tenant, after, param="after")
         query = query.where((Job.created_at < cursor.created_at)
                             | ((Job.created_at == cursor.created_at) & (Job.id < cursor.id)))
     rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
@@ -141,9 +149,14 @@ def pause_job(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: st
 @router.post("/{fine_tuning_job_id}/resume", response_model=JobPublic)
 def resume_job(
     session: SessionDep, factory: SessionFactoryDep, celery: CeleryDep, tenant: CurrentTenant,
-    fine_tuning_job_id: str,
+    settings: SettingsDep, fine_tuning_job_id: str,
 ) -> JobPublic:
     job = get_owned_job(session, tenant, fine_tuning_job_id)
+    if job.status == "paused" and settings.max_active_jobs_per_tenant:  # it becomes active again: same quota
+        quota.lock_tenant(session, tenant.id)
+        session.refresh(job)
+        if job.status == "paused":
+            quota.check_active_jobs(session, tenant.id, settings.max_active_jobs_per_tenant)
     requeued = transitions.resume(session, job)
     session.commit()
     if requeued:

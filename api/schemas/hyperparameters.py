@@ -16,7 +16,8 @@ RANK_MULTIPLE = 8
 
 
 class TrainingHyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A JSON number such as 1e999 parses to inf: refused, as a database cannot store it (and it cannot train).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     n_epochs: int = Field(1, ge=1, le=1000)
     max_steps: int | None = Field(None, ge=1, le=10_000_000, description="optimizer steps; overrides n_epochs")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from api.schemas.hyperparameters import DrLoraHyperparameters, LoraHyperparameters, StaticHyperparameters
 
@@ -43,13 +43,23 @@ Method = Annotated[DrLoraMethod | LoraMethod | StaticMethod, Field(discriminator
 METADATA_KEY = r"^[A-Za-z0-9_.\-]{1,64}$"
 
 
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL: refused here, not as a database error (on SQLite alike).
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character (\\u0000)")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+
 class JobCreate(_Strict):
-    model: str = Field(min_length=1, max_length=200)
-    training_file: str = Field(min_length=1, max_length=40)
-    validation_file: str | None = Field(None, max_length=40)
+    model: Text = Field(min_length=1, max_length=200)
+    training_file: Text = Field(min_length=1, max_length=40)
+    validation_file: Text | None = Field(None, max_length=40)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     suffix: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
-    metadata: dict[Annotated[str, Field(pattern=METADATA_KEY)], Annotated[str, Field(max_length=512)]] | None = Field(
+    metadata: dict[Annotated[str, Field(pattern=METADATA_KEY)], Annotated[Text, Field(max_length=512)]] | None = Field(
         None, max_length=16
     )
     method: Method | None = None

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,10 +62,12 @@ def wait_until(check: Callable[[], T], timeout: float, interval: float = 0.2, wh
 class Process:
     """A child process whose output goes to a log file; `stop` ends it and any children by their pids."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, cwd: Path = REPO,
+                 user: str | None = None) -> None:
         self.log = log
         self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                     user=user)
 
     @property
     def pid(self) -> int:
@@ -99,6 +101,14 @@ class Process:
         self._log_file.close()
         return self.proc.returncode
 
+    def wait_ok(self, timeout: float) -> None:
+        """For a short command: wait for it (killed past `timeout`) and require exit status 0."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        finally:
+            self.stop(signal.SIGKILL)
+        assert code == 0, f"{self.proc.args} exited with {code}:\n{self.output()}"
+
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-6000:]
 
@@ -118,8 +128,9 @@ def start_api(settings: Settings, port: int, log: Path) -> Process:
     return proc
 
 
-def start_worker(settings: Settings, log: Path) -> Process:
-    return Process([sys.executable, "-m", "drlora_cli.main", "worker"], settings_env(settings), log)
+def start_worker(settings: Settings, log: Path, extra_env: dict[str, str] | None = None) -> Process:
+    return Process([sys.executable, "-m", "drlora_cli.main", "worker"], {**settings_env(settings), **(extra_env or {})},
+                   log)
 
 
 def demo_paths() -> tuple[Path, Path, Path]:
@@ -195,3 +206,72 @@ def adapter_count(factory: Any, job_id: str) -> int:
     with factory() as s:
         return s.scalar(select(func.count()).select_from(Artifact).where(
             Artifact.job_id == job_id, Artifact.kind == "adapter")) or 0
+
+
+class Cluster:
+    """One API process on `settings`, the workers a test starts, a database session factory and an uploaded demo
+    training file: what a fault test needs to submit jobs, hurt processes and read the rows back."""
+
+    def __init__(self, settings: Settings, api: Api, api_proc: Process, logs: Path) -> None:
+        from api.core.db import make_engine, make_sessionmaker
+
+        self.settings, self.api, self.api_proc, self.logs = settings, api, api_proc, logs
+        self.workers: list[Process] = []
+        self.engine = make_engine(settings.sqlalchemy_url)
+        self.factory = make_sessionmaker(self.engine)
+        with open(demo_paths()[1], "rb") as f:
+            self.file_id = api.http.post("/v1/files", files={"file": ("train.jsonl", f)},
+                                         data={"purpose": "fine-tune"}).json()["id"]
+
+    def worker(self, settings: Settings | None = None, extra_env: dict[str, str] | None = None) -> Process:
+        """A worker process, on the cluster's settings unless given others (e.g. a slower heartbeat)."""
+        proc = start_worker(settings or self.settings, self.logs / f"worker-{len(self.workers)}.log", extra_env)
+        self.workers.append(proc)
+        return proc
+
+    def create(self, **hyperparameters: object) -> str:
+        r = self.api.post("/v1/fine_tuning/jobs", {"model": "drlora-demo-moe", "training_file": self.file_id,
+                                                   "method": dr_lora(**hyperparameters)})
+        assert r.status_code == 200, r.text
+        return str(r.json()["id"])
+
+    def row(self, job_id: str) -> Any:
+        return job_row(self.factory, job_id)
+
+    def adapters(self, job_id: str) -> int:
+        return adapter_count(self.factory, job_id)
+
+    def messages(self, job_id: str) -> list[str]:
+        events = self.api.get(f"/v1/fine_tuning/jobs/{job_id}/events", limit=1000).json()["data"]
+        return [e["message"] for e in events]
+
+    def attempts_started(self, job_id: str) -> list[str]:
+        """The "Attempt N started on worker W" events: one per training run the job had."""
+        return [m for m in self.messages(job_id) if m.startswith("Attempt ")]
+
+    def close(self) -> None:
+        for proc in self.workers:
+            proc.stop(signal.SIGKILL)
+        self.api_proc.stop()
+        self.engine.dispose()
+
+
+@contextlib.contextmanager
+def running_cluster(settings: Settings, logs: Path) -> Iterator[Cluster]:
+    """Migrate, register the demo model, start the API and make a key; every process is ended by pid afterwards."""
+    from drlora_cli.bootstrap import migrate, new_key, register_model
+
+    migrate(settings)
+    register_model(settings, "drlora-demo-moe", demo_paths()[0])
+    port = free_port()
+    api_proc = start_api(settings, port, logs / "api.log")
+    try:
+        cluster = Cluster(settings, Api(f"http://127.0.0.1:{port}", new_key(settings, f"t-{logs.name}").key),
+                          api_proc, logs)
+    except BaseException:
+        api_proc.stop()
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.close()

@@ -9,76 +9,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_helpers import (
-    Api,
-    Process,
-    adapter_count,
-    demo_paths,
-    dr_lora,
-    free_port,
-    job_row,
-    make_settings,
-    start_api,
-    start_worker,
-    wait_until,
-)
+from service_helpers import Cluster, make_settings, running_cluster, wait_until
 from sqlalchemy import select
 
-from api.core.db import make_engine, make_sessionmaker
-from api.core.settings import Settings
-from api.core.tables import Job, JobEvent
-from drlora_cli.bootstrap import migrate, new_key, register_model
+from api.core.tables import JobEvent
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-class Cluster:
-    def __init__(self, settings: Settings, api: Api, logs: Path) -> None:
-        self.settings, self.api, self.logs = settings, api, logs
-        self.workers: list[Process] = []
-        self.engine = make_engine(settings.sqlalchemy_url)
-        self.factory = make_sessionmaker(self.engine)
-        with open(demo_paths()[1], "rb") as f:
-            self.file_id = api.http.post("/v1/files", files={"file": ("train.jsonl", f)},
-                                         data={"purpose": "fine-tune"}).json()["id"]
-
-    def worker(self) -> Process:
-        proc = start_worker(self.settings, self.logs / f"worker-{len(self.workers)}.log")
-        self.workers.append(proc)
-        return proc
-
-    def create(self, **hyperparameters: object) -> str:
-        r = self.api.post("/v1/fine_tuning/jobs", {"model": "drlora-demo-moe", "training_file": self.file_id,
-                                                   "method": dr_lora(**hyperparameters)})
-        assert r.status_code == 200, r.text
-        return str(r.json()["id"])
-
-    def row(self, job_id: str) -> Job:
-        return job_row(self.factory, job_id)
-
-    def adapters(self, job_id: str) -> int:
-        return adapter_count(self.factory, job_id)
-
-    def messages(self, job_id: str) -> list[str]:
-        events = self.api.get(f"/v1/fine_tuning/jobs/{job_id}/events", limit=1000).json()["data"]
-        return [e["message"] for e in events]
 
 
 @pytest.fixture
 def cluster(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Cluster]:
     settings = make_settings(tmp_path / "data", pg_url, redis_url, task_queue=f"drlora-faults-{tmp_path.name}")
-    migrate(settings)
-    register_model(settings, "drlora-demo-moe", demo_paths()[0])
-    port = free_port()
-    api = start_api(settings, port, tmp_path / "api.log")
-    c = Cluster(settings, Api(f"http://127.0.0.1:{port}", new_key(settings, f"faults-{tmp_path.name}").key), tmp_path)
-    try:
+    with running_cluster(settings, tmp_path) as c:
         yield c
-    finally:
-        for proc in c.workers:
-            proc.stop(signal.SIGKILL)
-        api.stop()
-        c.engine.dispose()
 
 
 def test_sigkill_mid_training_resumes_from_the_last_checkpoint(cluster: Cluster) -> None:
