@@ -22,7 +22,7 @@ from api.core.events import add_event
 from api.core.ids import new_id, now
 from api.core.jobs import fine_tuned_model_name
 from api.core.settings import Settings
-from api.core.storage import StorageError, resolve_inside, zip_dir_atomic
+from api.core.storage import StorageError, verified_path, zip_dir_atomic
 from api.core.tables import Artifact, Checkpoint, File, Job, RegisteredModel
 from drlora_core.config import ConfigError
 from drlora_core.run import RunResult
@@ -103,7 +103,7 @@ def _inputs(session: Session, job: Job, settings: Settings) -> Inputs:
         if file_id and row is None:
             raise JobInputError(f"file {file_id!r} was deleted before the job ran")
         try:
-            files.append(resolve_inside(settings.files_root, row.path) if row else None)
+            files.append(verified_path(settings.files_root, row.path, row.sha256) if row else None)
         except StorageError as e:
             raise JobInputError(f"the stored bytes of file {file_id!r} are unusable: {e}") from None
     latest = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step.desc()))

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from api.core.errors import Conflict, NotFound, ServiceError
-from api.core.storage import StorageError, verified_path
+from api.core.errors import Conflict, NotFound
 from api.core.tables import Artifact, Checkpoint, ExpertStat, GrowthEvent, Job, Metric, RankSnapshot
 from api.deps import CurrentTenant, SessionDep, SettingsDep
+from api.downloads import verified_download
 from api.owned import get_owned_job
 from api.presenters import INT_MAX, parse_int
 from api.schemas.drlora import ExpertsPublic, GrowthEventPublic, MetricPublic, MetricsPublic, RanksPublic
@@ -109,14 +108,6 @@ def download_adapter(
 ) -> FileResponse:
     job = get_owned_job(session, tenant, fine_tuning_job_id)
     artifact = _find_artifact(session, job, checkpoint)
-    try:
-        path = verified_path(settings.artifact_root, artifact.path, artifact.sha256)
-    except StorageError as e:
-        raise ServiceError(f"the stored adapter of job {job.id} failed its integrity check ({e}); it is not "
-                           "served", code="artifact_integrity") from None
-    digest = base64.b64encode(bytes.fromhex(artifact.sha256)).decode()
     name = f"{job.id}-adapter.zip" if checkpoint is None else f"{job.id}-step-{artifact.step}-adapter.zip"
-    return FileResponse(path, media_type="application/zip", filename=name, headers={
-        "ETag": f'"{artifact.sha256}"', "Digest": f"sha-256={digest}", "Repr-Digest": f"sha-256=:{digest}:",
-        "X-Content-SHA256": artifact.sha256,
-    })
+    return verified_download(settings.artifact_root, artifact.path, artifact.sha256,
+                             what=f"adapter of job {job.id}", media_type="application/zip", filename=name)

@@ -8,11 +8,12 @@ from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from api.core.errors import InvalidRequest, NotFound, PayloadTooLarge, Unprocessable
+from api.core.errors import InvalidRequest, PayloadTooLarge, Unprocessable
 from api.core.ids import new_id, now
-from api.core.storage import StorageError, resolve_inside, write_atomic
+from api.core.storage import write_atomic
 from api.core.tables import File
 from api.deps import CurrentTenant, SessionDep, SettingsDep
+from api.downloads import verified_download
 from api.owned import get_owned_file
 from api.schemas.files import FileDeleted, FilePublic, FilesPublic
 from drlora_core.formats import DatasetError, validate_jsonl
@@ -93,14 +94,12 @@ def retrieve_file(session: SessionDep, tenant: CurrentTenant, file_id: str) -> F
 
 
 @router.get("/{file_id}/content", response_class=FileResponse,
-            responses={200: {"content": {"application/jsonl": {}}}})
+            responses={200: {"content": {"application/jsonl": {}},
+                             "description": "the uploaded bytes; `ETag` and `Digest` carry their sha256"}})
 def file_content(session: SessionDep, tenant: CurrentTenant, settings: SettingsDep, file_id: str) -> FileResponse:
     row = get_owned_file(session, tenant, file_id)
-    try:
-        path = resolve_inside(settings.files_root, row.path)
-    except StorageError:
-        raise NotFound(f"the content of file {file_id!r} is no longer stored", param="file_id") from None
-    return FileResponse(path, media_type="application/jsonl", filename=row.filename)
+    return verified_download(settings.files_root, row.path, row.sha256, what=f"content of file {file_id}",
+                             media_type="application/jsonl", filename=row.filename)
 
 
 @router.delete("/{file_id}", response_model=FileDeleted)
