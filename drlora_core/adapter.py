@@ -125,12 +125,12 @@ def _hook_module_list(model: nn.Module, site: ExpertsSite, link: SiteRuntime) ->
 
 
 def _expert_hook(link: SiteRuntime, expert_idx: int, name: str):  # type: ignore[no-untyped-def]
-    def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
         bank = link.bank
         rank = bank.rank_list[expert_idx]
         a = bank.lora_A[name][expert_idx, :rank]
         b = bank.lora_B[name][expert_idx, :, :rank]
-        x = bank.dropout(inputs[0]).to(a.dtype)
+        x = bank.dropout(inputs[0], module.training).to(a.dtype)
         return output + ((x @ a.T) @ b.T * bank.scaling).to(output.dtype)
 
     return hook

@@ -11,6 +11,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from drlora_core.config import RANK_MULTIPLE
 from drlora_core.families import Projection
@@ -29,7 +30,7 @@ class LoraBank(nn.Module):
         self.num_experts = num_experts
         self.r_max = r_max
         self.scaling = scaling
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout_p = dropout
         self.projection_names = tuple(p.name for p in projections)
         self.lora_A = nn.ParameterDict(
             {p.name: nn.Parameter(torch.empty(num_experts, r_max, p.in_features)) for p in projections})
@@ -39,6 +40,11 @@ class LoraBank(nn.Module):
         self.rank_list: list[int] = list(ranks)  # host copy: read without a device sync
         for a in self.lora_A.values():
             init_a_(a.data)
+
+    def dropout(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        """LoRA dropout, on while the *model* trains: the banks live beside the model, not inside it, so
+        `model.eval()` does not reach their own `training` flag and must not be the switch."""
+        return F.dropout(x, self.dropout_p, training) if self.dropout_p > 0 else x
 
     @property
     def compute_rank(self) -> int:

@@ -68,18 +68,18 @@ def _projection(module: nn.Module, bank: LoraBank, name: str, x: torch.Tensor, s
     if bias is not None:
         y = y + bias[sorted_ids]
     if name in bank.lora_A:
-        y = y + lora_delta(bank, name, x, sorted_ids, offsets, matmul).to(y.dtype)
+        y = y + lora_delta(bank, name, bank.dropout(x, module.training), sorted_ids, offsets, matmul).to(y.dtype)
     return y
 
 
 def lora_delta(bank: LoraBank, name: str, x: torch.Tensor, sorted_ids: torch.Tensor, offsets: torch.Tensor,
                matmul: Matmul) -> torch.Tensor:
-    """scaling * ((dropout(x) A_e^T) * mask_e) B_e^T for rows grouped by expert e."""
+    """scaling * ((x A_e^T) * mask_e) B_e^T for rows grouped by expert e (`x` after the LoRA dropout)."""
     r = bank.compute_rank
     a = bank.lora_A[name][:, :r].transpose(-2, -1)  # (E, in, r)
     b = bank.lora_B[name][:, :, :r].transpose(-2, -1)  # (E, r, out)
     dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else a.dtype
-    h = matmul(bank.dropout(x).to(dtype), a.to(dtype), offsets)
+    h = matmul(x.to(dtype), a.to(dtype), offsets)
     if not bank.uniform:
         active = torch.arange(r, device=h.device)[None, :] < bank.ranks[sorted_ids][:, None]
         h = h * active.to(h.dtype)

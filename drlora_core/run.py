@@ -1,13 +1,14 @@
 """One training run from files on disk: load model and data, attach, train (or resume), export the adapter.
 
 This is the entry point the CLI and the worker share. Layout of `out_dir`:
-  checkpoints/step-NNNNNN/   resumable checkpoints (see checkpoint.py)
+  checkpoints/step-NNNNNN/   resumable checkpoints (see checkpoint.py), each with its PEFT adapter in adapter/
   adapter/                   the PEFT adapter directory, written when the run completes
   merged/                    with `merged=True`: the base model with the adapter merged in
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ from drlora_core.data import BatchStream, collate, load_dataset, pad_token_id
 from drlora_core.export import export_merged, export_peft
 from drlora_core.trainer import train
 
-__all__ = ["RunResult", "latest_checkpoint", "load_base", "resolve_device", "train_run"]
+__all__ = ["CHECKPOINT_ADAPTER", "RunResult", "latest_checkpoint", "load_base", "resolve_device", "train_run"]
 log = logging.getLogger(__name__)
+CHECKPOINT_ADAPTER = "adapter"  # the PEFT adapter's folder inside each checkpoint
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ def train_run(model: str, train_file: Path, out_dir: Path, config: RunConfig, va
         raise ConfigError("gradient_checkpointing", f"{type(base).__name__} does not support it; turn it off")
     if data is not None:
         log.info("resuming from %s", checkpoint)
-    result = train(base, adapter, stream, val_batches, config, out_dir, callbacks, data, device)
+    exporter = CheckpointExporter(adapter, model, model_dir, config)  # first: later callbacks see the adapter/
+    result = train(base, adapter, stream, val_batches, config, out_dir, [exporter, *callbacks], data, device)
     completed = result.step >= result.total_steps and result.stopped != "cancel"
     adapter_dir = merged_dir = None
     if completed:
@@ -103,6 +106,24 @@ def export_adapter(adapter: Adapter, out: Path, model: str, model_dir: Path, eve
     base_name = DEMO_MODEL_ID if model == DEMO_MODEL_ID else str(model_dir)
     return export_peft(adapter, out, base_model=base_name, events=events, routers=config.train.train_router,
                        extra={"base_model": base_name, "steps": step, "config": config.to_dict()})
+
+
+@dataclass(frozen=True)
+class CheckpointExporter:
+    """Writes the PEFT adapter of every checkpoint into its `adapter/` folder, so an intermediate adapter loads
+    exactly like the final one (the service offers it as `?checkpoint=`). The growth history comes from the
+    checkpoint itself, so it is whole after a resume too."""
+
+    adapter: Adapter
+    model: str
+    model_dir: Path
+    config: RunConfig
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        meta = json.loads((path / "trainer.json").read_text())
+        events = [GrowthEvent(**e) for e in meta["growth_events"]]
+        export_adapter(self.adapter, path / CHECKPOINT_ADAPTER, self.model, self.model_dir, events, self.config,
+                       step)
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:

@@ -87,7 +87,6 @@ def train(model: nn.Module, adapter: Adapter, stream: BatchStream, val_batches: 
     stopped: StopReason | None = None
     while state.step < total:
         model.train()
-        adapter.lora.train()
         started = time.perf_counter()
         batches = [_next_batch(stream, state) for _ in range(t.grad_accum)]
         label_tokens = sum(_label_count(b) for b in batches)
@@ -145,7 +144,6 @@ def evaluate(model: nn.Module, adapter: Adapter, batches: Sequence[Batch], devic
              bf16: bool = True) -> float:
     """Mean loss per label token; routing is not counted (the trainer only counts training forwards)."""
     model.eval()
-    adapter.lora.eval()
     total = torch.zeros((), device=device)
     count = 0
     for batch in batches:

@@ -75,3 +75,43 @@ def test_resume_may_change_the_device_only(tmp_path):
     args = ["train", "--out", out, "--max-steps", "4", "--checkpoint-every", "2", "--r-init", "4", "--r-target", "4"]
     assert main([*args, "--device", "cpu"]) == 0
     assert main([*args, "--device", "auto"]) == 0
+
+
+def test_every_checkpoint_holds_its_peft_adapter(tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from drlora_core.adapter import attach
+    from drlora_core.assets import demo_model_dir
+    from drlora_core.checkpoint import load_checkpoint
+    from drlora_core.config import RunConfig
+
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--max-steps", "6", "--checkpoint-every", "2", "--growth-interval", "1",
+            "--lr", "0.05"]
+    assert main(args) == 0
+    checkpoints = sorted((out / "checkpoints").iterdir())
+    assert [c.name for c in checkpoints] == ["step-000002", "step-000004"]
+    for ckpt in checkpoints:
+        trainer = json.loads((ckpt / "trainer.json").read_text())
+        document = json.loads((ckpt / "adapter" / "drlora_ranks.json").read_text())
+        assert document["ranks"] == trainer["ranks"] and document["steps"] == trainer["step"]
+        assert len(document["events"]) == len(trainer["growth_events"])
+    # PEFT, loading the step-4 adapter, reproduces our engine holding that checkpoint's banks
+    data = load_checkpoint(checkpoints[-1])
+    engine_model = AutoModelForCausalLM.from_pretrained(demo_model_dir()).eval()
+    adapter = attach(engine_model, RunConfig.from_dict(data.meta["config"]).lora)
+    for layer, ranks in enumerate(data.meta["ranks"]):
+        adapter.bank(layer).set_ranks(ranks)
+    adapter.lora.load_state_dict({k: v for k, v in data.tensors["adapter"].items() if not k.startswith("router.")})
+    engine_model.eval()  # the banks' dropout too
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_model_dir()),
+                                     checkpoints[-1] / "adapter").eval()
+    ids = torch.tensor([[5, 17, 33, 64, 100, 7, 9, 12]])
+    with torch.no_grad():
+        ours, theirs = engine_model(input_ids=ids).logits, peft(input_ids=ids).logits
+    assert torch.allclose(ours, theirs, atol=1e-4, rtol=0)
+    final = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_model_dir()), out / "adapter").eval()
+    with torch.no_grad():
+        assert not torch.allclose(final(input_ids=ids).logits, theirs, atol=1e-4)  # two more steps moved it

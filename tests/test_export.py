@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from drlora_core.adapter import attach
 from drlora_core.export import RANKS_FILE, export_peft, merge_into_base
 from drlora_core.tiny import build_tiny
 from tests.engine_helpers import adapted, logits
@@ -76,3 +77,26 @@ def test_trained_router_travels_as_modules_to_save():
     assert json.loads((out / "adapter_config.json").read_text())["modules_to_save"] == ["gate"]
     theirs = logits(PeftModel.from_pretrained(build_tiny("mixtral"), out), IDS)
     assert torch.allclose(theirs, ours, atol=1e-4, rtol=0)
+
+
+def test_model_eval_turns_the_lora_dropout_off():
+    """The banks live beside the model; `model.eval()` alone must still switch their dropout off, or every
+    evaluation and export comparison after training would be noisy."""
+    from peft import PeftModel
+
+    from drlora_core.config import LoraConfig
+    from tests.engine_helpers import randomise_b
+
+    for family in ("qwen3_moe", "module_list"):
+        model = build_tiny(family)
+        adapter = attach(model, LoraConfig(r_init=4, r_target=8, r_max=16, dropout=0.5))
+        randomise_b(adapter)
+        model.train()
+        assert not torch.equal(logits(model, IDS), logits(model, IDS))  # dropout on while training
+        model.eval()
+        ours = logits(model, IDS)
+        assert torch.equal(ours, logits(model, IDS))
+        out = Path(tempfile.mkdtemp()) / "adapter"
+        export_peft(adapter, out, base_model=family)
+        theirs = logits(PeftModel.from_pretrained(build_tiny(family), out), IDS)
+        assert torch.allclose(theirs, ours, atol=1e-4, rtol=0), (theirs - ours).abs().max()
