@@ -10,6 +10,9 @@
   record, and the sweep re-sends any job that sits queued unclaimed, so a message lost with a dead worker costs a
   sweep interval, while late acks on Redis would redeliver a long job's message to another worker after the
   visibility timeout even as the first still trains (harmless with our claim, but pointless traffic and log noise).
+  Celery alone does not deliver this: it runs even an early ack from its event loop, which the solo pool blocks
+  for the whole job, so the message stayed unacknowledged in Redis until the job ended. `_ack_on_receipt` acks it
+  as it arrives, before the job starts.
 - Time limits: the job's limit (`DRLORA_JOB_TIME_LIMIT_S`) is enforced cooperatively by the engine callback, so the
   job fails with a `timeout` error and the worker takes the next one; Celery's own limits need a forking pool and
   would kill the process mid-write, so they are not used.
@@ -23,7 +26,7 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_shutting_down
+from celery.signals import task_received, worker_shutting_down
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.broker import TRAIN_TASK, make_celery
@@ -60,6 +63,19 @@ def create_worker_app(settings: Settings) -> Celery:
 @worker_shutting_down.connect
 def _on_shutdown(**_: Any) -> None:
     shutdown_requested.set()
+
+
+@task_received.connect
+def _ack_on_receipt(request: Any, **_: Any) -> None:
+    """Ack a training message now, in the consumer, rather than when Celery's loop next runs (after the job)."""
+    if request.name != TRAIN_TASK or request.acknowledged:
+        return
+    try:
+        request.message.ack()
+    except Exception as e:  # the broker went away: Celery's own (late) ack, or the sweep, covers it
+        log.warning("could not ack %s on receipt: %s", request.id, e)
+        return
+    request.acknowledged = True
 
 
 def __getattr__(name: str) -> Celery:

@@ -18,17 +18,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.events import add_event
 from api.core.ids import new_id, now
-from api.core.storage import zip_files_atomic
+from api.core.storage import zip_dir_atomic
 from api.core.tables import Artifact, Checkpoint, ExpertStat, GrowthEvent, Job, Metric, RankSnapshot
 from drlora_core.callbacks import ExpertStats, StepMetrics, StopReason
 from drlora_core.callbacks import GrowthEvent as EngineGrowthEvent
+from drlora_core.run import CHECKPOINT_ADAPTER
 from worker.lease import Claim, Fenced, Heartbeat
 from worker.retry import write_fenced
 
 log = logging.getLogger("drlora.worker")
 
-# Files of an engine checkpoint worth a download (weights and state, not optimizer moments).
-CHECKPOINT_ARTIFACT_FILES = ("adapter.safetensors", "trainer.json")
 
 # Set by the worker's SIGTERM handling; every running recorder then answers `shutdown`.
 shutdown_requested = threading.Event()
@@ -111,7 +110,8 @@ class Recorder:
             raise Fenced(f"attempt {self.claim.attempt} of job {self.claim.job_id} no longer owns it; its checkpoint "
                          f"at step {step} is not published")
         artifact_rel = f"{self.claim.job_id}/attempt-{self.claim.attempt}/checkpoint-step-{step:06d}.zip"
-        sha256, size = _zip_checkpoint(path, self.artifact_root / artifact_rel)
+        # the checkpoint's PEFT adapter (the engine writes it into every checkpoint): what `?checkpoint=` serves
+        sha256, size = zip_dir_atomic(path / CHECKPOINT_ADAPTER, self.artifact_root / artifact_rel)
 
         def write(s: Session) -> None:
             s.execute(delete(Checkpoint).where(Checkpoint.job_id == self.claim.job_id, Checkpoint.step == step))
@@ -154,7 +154,3 @@ class Recorder:
                            importance=stats.importance, saliency=stats.saliency, ranks=stats.ranks))
         s.merge(RankSnapshot(job_id=self.claim.job_id, step=stats.step, ranks=stats.ranks))
 
-
-def _zip_checkpoint(checkpoint: Path, dest: Path) -> tuple[str, int]:
-    files = [checkpoint / name for name in CHECKPOINT_ARTIFACT_FILES if (checkpoint / name).is_file()]
-    return zip_files_atomic(files, dest)

@@ -42,13 +42,15 @@ def make_celery(settings: Settings) -> Celery:
 
 
 def _redis_options(settings: Settings) -> dict[str, float]:
-    """Short socket timeouts, so that a send while Redis is away fails at once and the sweep re-sends later.
+    """Short socket timeouts and no reconnect loop (kombu's default retries for `socket_connect_timeout`, 2 s, on
+    every send), so that a send while Redis is away fails at once and the sweep re-sends later. A worker's consumer
+    reconnects on its own terms (`broker_connection_max_retries`), which this does not change.
 
     With a visibility timeout set, unacknowledged messages are also looked for every few seconds rather than kombu's
     default of about every 100 s, so that a shorter timeout means what it says. Workers ack on receipt (see
     worker/app.py), so this only matters for a delivery whose ack was lost; the job row makes it a no-op anyway.
     """
-    options: dict[str, float] = {"socket_connect_timeout": 2, "socket_timeout": 5}
+    options: dict[str, float] = {"socket_connect_timeout": 2, "socket_timeout": 5, "max_retries": 0}
     timeout = settings.broker_visibility_timeout_s
     if timeout is not None:
         options.update(visibility_timeout=timeout, unacked_restore_interval=max(1, min(10, int(timeout))),

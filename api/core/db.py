@@ -23,7 +23,9 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # Pre-ping replaces connections a restart or pg_terminate_backend ended; the connect timeout keeps a request, a
+    # heartbeat or the sweep from waiting minutes on TCP retries when the server is unreachable rather than down.
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args={"connect_timeout": 5})
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -86,8 +86,9 @@ def redispatch(factory: sessionmaker[Session], celery: Celery, settings: Setting
         ).all()
     sent = []
     for job_id in due:
-        if dispatch(factory, celery, job_id):
-            sent.append(job_id)
+        if not dispatch(factory, celery, job_id):
+            break  # the broker is away: the rest would fail too, each after its timeout; the next pass retries
+        sent.append(job_id)
     return sent
 
 

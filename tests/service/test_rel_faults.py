@@ -123,7 +123,7 @@ def test_a_job_longer_than_the_visibility_timeout_trains_once(pg_redis: Any, tmp
     claim makes it a no-op."""
     _, redis_server, _ = pg_redis
     visibility = 1.0
-    settings = settings_on(pg_redis, tmp_path, broker_visibility_timeout_s=visibility, log_level="info")
+    settings = settings_on(pg_redis, tmp_path, broker_visibility_timeout_s=visibility)
     with running_cluster(settings, tmp_path) as c:
         job_id = c.create(max_steps=14, checkpoint_every=0)
         client = redis_server.client()
@@ -258,7 +258,7 @@ def test_no_file_is_a_pickle_and_a_planted_pickle_is_never_executed(pg_redis: An
 def test_jobs_submitted_while_redis_is_down_are_accepted_and_run_once_it_is_back(pg_redis: Any,
                                                                                    tmp_path: Path) -> None:
     _, redis_server, _ = pg_redis
-    settings = settings_on(pg_redis, tmp_path, log_level="info")
+    settings = settings_on(pg_redis, tmp_path)
     with running_cluster(settings, tmp_path) as c:
         worker = c.worker()
         wait_until(lambda: " ready." in log_text(worker), 90, what="the worker to consume")
@@ -272,7 +272,7 @@ def test_jobs_submitted_while_redis_is_down_are_accepted_and_run_once_it_is_back
             assert r.status_code == 200, r.text
             job_ids.append(r.json()["id"])
         figure("submit_with_redis_down_max_latency_s", max(latencies))
-        assert max(latencies) < 5
+        assert max(latencies) < 1.5  # kombu used to retry each send for 2 s
         assert c.api.get(JOBS).status_code == 200
         assert [(c.row(j).status, c.row(j).dispatched_at) for j in job_ids] == [("queued", None)] * 3
         redis_server.start()
@@ -332,7 +332,8 @@ def test_postgres_cut_and_restarted_mid_job_recovers_within_seconds(pg_redis: An
         went_down = time.monotonic()
         pg.stop()
         outage = [_timed_get(c, f"{JOBS}/{job_id}") for _ in range(3)]
-        wait_until(lambda: "heartbeat of" in log_text(worker), 10, what="the worker's heartbeat to fail")
+        wait_until(lambda: "heartbeat of" in log_text(worker) and "database unreachable" in log_text(worker), 15,
+                   what="the worker's heartbeat and its training writes to fail (and be retried)")
         pg.start()
         up = time.monotonic()
         wait_until(lambda: _timed_get(c, f"{JOBS}/{job_id}")[0] == 200, 30, interval=0.05,

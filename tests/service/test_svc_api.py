@@ -16,9 +16,25 @@ pytestmark = pytest.mark.timeout(60)
 DATA = b'{"prompt": "1 + 1 =", "completion": " 2"}\n{"prompt": "2 + 2 =", "completion": " 4"}\n'
 
 
+# Small dataset limits, so that "too many lines" and "over-long line" take a few bytes to show.
+DATASET_LIMITS = {"max_dataset_lines": 3, "max_line_bytes": 64}
+
+
 @pytest.fixture(scope="module")
 def client(pg_settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(pg_settings, sweep=False)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def api_settings(pg_settings: Settings) -> Settings:
+    """The settings this module's API runs on (the SQLite module overrides it)."""
+    return pg_settings
+
+
+@pytest.fixture(scope="module")
+def dataset_client(api_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(api_settings.model_copy(update=DATASET_LIMITS), sweep=False)) as c:
         yield c
 
 
@@ -91,16 +107,19 @@ def test_files_upload_list_content_delete(client: TestClient, make_key) -> None:
 
 
 @pytest.mark.parametrize(("data", "line"), [
-    (b"", None),
-    (b'{"text": "ok"}\nnot json\n', 2),
-    (b'\xef\xbb\xbf{"text": "ok"}\n', 1),
-    (b'{"text": "ok"}\n\n{"text": "ok"}\n', 2),
-    (b'{"text": "ok"}\n{"prompt": "a", "completion": "b"}\n', 2),
-    (b'{"text": "\xff"}\n', 1),
-    (b'{"messages": [{"role": "user", "content": "hi"}]}\n', 1),
+    pytest.param(b"", None, id="empty file"),
+    pytest.param(b'{"text": "ok"}\nnot json\n', 2, id="non-JSON line"),
+    pytest.param(b'\xef\xbb\xbf{"text": "ok"}\n', 1, id="BOM"),
+    pytest.param(b'{"text": "ok"}\n\n{"text": "ok"}\n', 2, id="blank line"),
+    pytest.param(b'{"text": "ok"}\n{"prompt": "a", "completion": "b"}\n', 2, id="mixed formats"),
+    pytest.param(b'{"text": "\xff"}\n', 1, id="bad UTF-8"),
+    pytest.param(b'{"messages": [{"role": "user", "content": "hi"}]}\n', 1, id="wrong shape"),
+    pytest.param(b'{"text": "ok"}\n' * 3 + b'{"text": "one too many"}\n', 4, id="too many lines"),
+    pytest.param(b'{"text": "ok"}\n{"text": "' + b"x" * 64 + b'"}\n', 2, id="over-long line"),
 ])
-def test_bad_datasets_are_refused_with_their_line_and_nothing_is_kept(client: TestClient, make_key,
+def test_bad_datasets_are_refused_with_their_line_and_nothing_is_kept(dataset_client: TestClient, make_key,
                                                                        data: bytes, line: int | None) -> None:
+    client = dataset_client
     key = make_key()
     r = client.post("/v1/files", headers=auth(key), files={"file": ("bad.jsonl", data)}, data={"purpose": "fine-tune"})
     assert r.status_code == 400, r.text

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from service_helpers import make_settings
 from test_svc_api import (  # noqa: F401  (collected here again, with this module's fixtures)
+    dataset_client,
     test_bad_datasets_are_refused_with_their_line_and_nothing_is_kept,
     test_cancel_pause_resume_of_a_queued_job,
     test_create_job_defaults_and_shape,
@@ -32,6 +33,11 @@ def sqlite_settings(tmp_path_factory: pytest.TempPathFactory, fake_model_dir: Pa
     register_model(settings, "test-model", fake_model_dir)
     assert settings.is_sqlite and settings.broker == "filesystem://"
     return settings
+
+
+@pytest.fixture(scope="module")
+def api_settings(sqlite_settings: Settings) -> Settings:
+    return sqlite_settings
 
 
 @pytest.fixture(scope="module")

@@ -163,6 +163,13 @@ def test_openai_sdk_flow_and_adapter_loads_with_peft(service: Service, finished_
 
     ckpt = service.api.get(f"/v1/fine_tuning/jobs/{job_id}/adapter", checkpoint=finished_job["checkpoint_id"])
     assert ckpt.status_code == 200 and ckpt.headers["x-content-sha256"] == hashlib.sha256(ckpt.content).hexdigest()
+    with zipfile.ZipFile(io.BytesIO(ckpt.content)) as zf:  # an intermediate adapter, in the same PEFT layout
+        assert set(zf.namelist()) == {"adapter_config.json", "adapter_model.safetensors", "drlora_ranks.json"}
+        zf.extractall(tmp_path / "checkpoint-adapter")
+    with torch.no_grad():
+        mid = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_paths()[0]),
+                                        tmp_path / "checkpoint-adapter")(ids).logits
+    assert not torch.allclose(mid, before) and not torch.allclose(mid, after)
 
 
 def test_a_second_tenant_gets_404_everywhere(service: Service, finished_job: dict[str, Any]) -> None:
