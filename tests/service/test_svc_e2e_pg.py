@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,6 +205,25 @@ def test_cancel_a_running_job(service: Service, train_file_id: str) -> None:
     assert service.adapters(job_id) == 0
     assert service.api.get(f"/v1/fine_tuning/jobs/{job_id}/adapter").status_code == 409
     assert service.api.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+
+
+def test_a_cancelled_queued_job_never_starts(service: Service, train_file_id: str) -> None:
+    running = service.create(train_file_id, dr_lora(max_steps=400, checkpoint_every=0))
+    service.api.wait_step(running, 1)
+    queued = service.create(train_file_id, dr_lora())  # one worker, busy: this one waits in the broker
+    assert service.api.post(f"/v1/fine_tuning/jobs/{queued}/cancel").json()["status"] == "cancelled"
+    assert service.api.post(f"/v1/fine_tuning/jobs/{queued}/cancel").json()["status"] == "cancelled"
+    started = time.monotonic()
+    service.api.post(f"/v1/fine_tuning/jobs/{running}/cancel")
+    service.api.wait_status(running, ("cancelled",), timeout=30)
+    assert time.monotonic() - started < 10  # within a few heartbeats
+    # the worker now takes the queued job's message, and must leave it alone
+    after = service.create(train_file_id, {"type": "lora", "lora": {"hyperparameters": {"max_steps": 1, "r_target": 2}}})
+    service.api.wait_status(after, ("succeeded",))
+    row = service.row(queued)
+    assert (row.status, row.attempt, row.started_at) == ("cancelled", 0, None) and service.adapters(queued) == 0
+    events = service.api.get(f"/v1/fine_tuning/jobs/{queued}/events", limit=1000).json()["data"]
+    assert not [e for e in events if e["message"].startswith("Attempt ")]
 
 
 def test_pause_and_resume_continue_from_the_checkpoint(service: Service, train_file_id: str) -> None:
