@@ -141,19 +141,26 @@ def test_upload_over_the_cap_is_413(pg_settings: Settings, make_key) -> None:
 def test_upload_over_the_cap_without_content_length_is_413(pg_settings: Settings, make_key) -> None:
     small = pg_settings.model_copy(update={"max_upload_bytes": 1000})
     key = make_key()
+    sent = 0
 
     def body():  # chunked: no Content-Length
+        nonlocal sent
         yield b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
         yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n\r\n'
-        for _ in range(2000):  # 2000 x 1 KiB, far over the cap
-            yield b'{"text": "' + b"x" * 1000 + b'"}\n'
+        for _ in range(20_000):  # 20,000 x 1 KiB, far over the cap
+            chunk = b'{"text": "' + b"x" * 1000 + b'"}\n'
+            sent += len(chunk)
+            yield chunk
         yield b"\r\n--b--\r\n"
 
+    files_before = sorted(small.files_root.rglob("*"))
     with TestClient(create_app(small, sweep=False)) as c:
         r = c.post("/v1/files", headers={**auth(key), "Content-Type": "multipart/form-data; boundary=b"},
                    content=body())
         assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large"
         assert c.get("/v1/files", headers=auth(key)).json()["data"] == []
+    assert sent > 10 * 2**20  # (a real server stops reading sooner: tests/service/test_rel_upload.py)
+    assert sorted(small.files_root.rglob("*")) == files_before  # and kept nothing, not even a temporary file
 
 
 def test_models_list_base_models(client: TestClient, make_key) -> None:
