@@ -34,6 +34,11 @@ ERROR_RESPONSES[429] = {
     "(`concurrency_quota_exceeded`) reached; retry after the seconds in Retry-After",
     "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}},
 }
+ERROR_RESPONSES[503] = {
+    "model": ErrorPublic, "description": "The database is unreachable for a moment (`database_unavailable`: a "
+    "restart or failover); retry after the seconds in Retry-After",
+    "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}},
+}
 
 
 def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastAPI:

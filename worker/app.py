@@ -49,7 +49,11 @@ def create_worker_app(settings: Settings) -> Celery:
         worker_send_task_events=False,
         broker_connection_max_retries=None,  # the consumer keeps reconnecting while Redis is away
     )
-    factory: sessionmaker[Session] = make_sessionmaker(make_engine(settings.sqlalchemy_url))
+    # A frozen worker's open transaction would hold its job row's lock (and so the sweep's requeue) until it thaws;
+    # a healthy worker is never idle inside a transaction for anything like half a lease.
+    engine = make_engine(settings.sqlalchemy_url, application_name="drlora-worker",
+                         idle_in_transaction_s=max(1.0, settings.lease_s / 2))
+    factory: sessionmaker[Session] = make_sessionmaker(engine)
 
     @app.task(name=TRAIN_TASK, ignore_result=True)
     def train_job(job_id: str) -> str:

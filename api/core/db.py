@@ -18,14 +18,19 @@ from sqlalchemy.orm import Session, sessionmaker
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, application_name: str = "drlora", idle_in_transaction_s: float | None = None) -> Engine:
+    """`idle_in_transaction_s` (PostgreSQL): the server ends a session left that long inside a transaction, so that a
+    frozen process (SIGSTOP, a VM pause) cannot hold row locks for as long as it stays frozen."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     # Pre-ping replaces connections a restart or pg_terminate_backend ended; the connect timeout keeps a request, a
     # heartbeat or the sweep from waiting minutes on TCP retries when the server is unreachable rather than down.
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args={"connect_timeout": 5})
+    connect_args: dict[str, Any] = {"connect_timeout": 5, "application_name": application_name}
+    if idle_in_transaction_s is not None:
+        connect_args["options"] = f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_s * 1000)}"
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=connect_args)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -7,7 +7,9 @@
    the broker lost the message, the worker died before claiming), is sent again. Duplicates are harmless: only one
    delivery can claim the row.
 
-Each change is one conditional UPDATE, so sweeps running in several API processes at once do no harm.
+Each change is one conditional UPDATE, so sweeps running in several API processes at once do no harm. Lost rows are
+locked with SKIP LOCKED (PostgreSQL): a row still locked by a frozen worker's transaction is left for a later pass
+instead of stalling this one (the server ends such a transaction; see worker/app.py).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def _lease_gone(t: float) -> ColumnElement[bool]:
 def reclaim_lost(factory: sessionmaker[Session]) -> None:
     t = now()
     with transaction(factory) as session:
-        lost = session.scalars(select(Job).where(Job.status == "running", _lease_gone(t))).all()
+        lost = session.scalars(select(Job).where(Job.status == "running", _lease_gone(t))
+                               .with_for_update(skip_locked=True)).all()
         for job in lost:
             _reclaim(session, job, t)
 

@@ -13,7 +13,6 @@ import secrets
 import shutil
 import signal
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,13 +143,6 @@ class PostgresServer:
             return False
 
 
-def pg_is_up(server: PostgresServer) -> bool:
-    try:
-        return server._answers()
-    except AssertionError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def private_pg() -> Iterator[PostgresServer]:
     """One private cluster for the session; a test that stops it must leave it running again."""
@@ -172,6 +164,3 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     finally:
         server.stop()
 
-
-def elapsed_since(start: float) -> float:
-    return round(time.monotonic() - start, 2)

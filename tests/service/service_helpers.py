@@ -128,7 +128,7 @@ class Process:
             code = self.proc.wait(timeout=timeout)
         finally:
             self.stop(signal.SIGKILL)
-        assert code == 0, f"{self.proc.args} exited with {code}:\n{self.output()}"
+        assert code == 0, f"{self.proc.args!r} exited with {code}:\n{self.output()}"
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-6000:]
