@@ -10,11 +10,11 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.core.errors import Unauthorized
-from api.core.keys import hash_key, tenant_for_key
-from api.core.settings import Settings
-from api.core.tables import Tenant
 from api.ratelimit import enforce
+from service.errors import Unauthorized
+from service.keys import hash_key, tenant_for_key
+from service.settings import Settings
+from service.tables import Tenant
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `drlora keys create --tenant NAME`")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from fastapi.responses import FileResponse
 
-from api.core.errors import ServiceError
-from api.core.storage import StorageError, verified_path
+from service.errors import ServiceError
+from service.storage import StorageError, verified_path
 
 
 def verified_download(root: Path, relative: str, sha256: str, *, what: str, media_type: str,

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
-from api.core.errors import ServiceError
+from service.errors import ServiceError
 
 log = logging.getLogger("drlora.api")
 

@@ -12,7 +12,7 @@ import logging
 import re
 from typing import Any
 
-from api.core.keys import KEY_PREFIX
+from service.keys import KEY_PREFIX
 
 KEY_SHAPE = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_\-]{16,}")
 MASK = KEY_PREFIX + "***"

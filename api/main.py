@@ -9,16 +9,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import handlers
-from api.core.broker import make_celery
-from api.core.db import make_engine, make_sessionmaker
-from api.core.settings import Settings, get_settings
-from api.core.sweep import SweepThread
 from api.limits import UploadLimit
 from api.logredact import install_key_redaction
 from api.nul import RefuseNul
 from api.ratelimit import make_limiter
 from api.routes import drlora, events, files, health, jobs, models
 from api.schemas.errors import ErrorPublic
+from service.broker import make_celery
+from service.db import make_engine, make_sessionmaker
+from service.settings import Settings, get_settings
+from service.sweep import SweepThread
 
 log = logging.getLogger("drlora.api")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from api.core.errors import NotFound
-from api.core.tables import File, Job, Tenant
+from service.errors import NotFound
+from service.tables import File, Job, Tenant
 
 
 def get_owned_file(session: Session, tenant: Tenant, file_id: str, *, param: str = "file_id") -> File:

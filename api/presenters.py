@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from api.core.jobs import fine_tuned_model_name
-from api.core.tables import Checkpoint, Job, JobEvent
 from api.schemas.jobs import CheckpointPublic, EventPublic, JobError, JobProgress, JobPublic
+from service.jobs import fine_tuned_model_name
+from service.tables import Checkpoint, Job, JobEvent
 
 
 def _int(t: float | None) -> int | None:

@@ -19,8 +19,8 @@ from typing import Protocol
 
 import redis
 
-from api.core.errors import TooManyRequests
-from api.core.settings import Settings
+from service.errors import TooManyRequests
+from service.settings import Settings
 
 log = logging.getLogger("drlora.ratelimit")
 

@@ -10,11 +10,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import select
 
-from api.core.db import make_engine, make_sessionmaker, transaction
-from api.core.ids import now
-from api.core.keys import NewKey, create_key
-from api.core.settings import Settings
-from api.core.tables import RegisteredModel
+from service.db import make_engine, make_sessionmaker, transaction
+from service.ids import now
+from service.keys import NewKey, create_key
+from service.settings import Settings
+from service.tables import RegisteredModel
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 

@@ -19,8 +19,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from api.core.settings import Settings
 from drlora_cli.server_cmds import LOG_FORMAT
+from service.settings import Settings
 
 WORKER_GRACE_S = 60.0
 WORKER_CHECK_S = 2.0

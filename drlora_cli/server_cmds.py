@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from api.core.settings import Settings
+from service.settings import Settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -86,8 +86,8 @@ def run_keys_create(args: argparse.Namespace) -> int:
 
 
 def run_keys_revoke(args: argparse.Namespace) -> int:
-    from api.core.db import make_engine, make_sessionmaker, transaction
-    from api.core.keys import revoke_key
+    from service.db import make_engine, make_sessionmaker, transaction
+    from service.keys import revoke_key
 
     engine = make_engine(settings_from(args).sqlalchemy_url)
     with transaction(make_sessionmaker(engine)) as session:

@@ -7,9 +7,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from api.core.db import make_engine
-from api.core.settings import get_settings
-from api.core.tables import Base
+from service.db import make_engine
+from service.settings import get_settings
+from service.tables import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

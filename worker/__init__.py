@@ -1,2 +1,2 @@
 """The training worker: a Celery app whose one task claims a job row, trains it with the engine and publishes the
-adapter. It imports the shared layer `api.core` (tables, sessions, storage) but no HTTP code."""
+adapter. It imports the shared layer `service` (tables, sessions, storage) but no HTTP code."""

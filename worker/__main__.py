@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from api.core.settings import get_settings
+from service.settings import get_settings
 from worker.main import run_worker
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ from celery import Celery
 from celery.signals import task_received, worker_shutting_down
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.core.broker import TRAIN_TASK, make_celery
-from api.core.db import make_engine, make_sessionmaker
-from api.core.settings import Settings, get_settings
+from service.broker import TRAIN_TASK, make_celery
+from service.db import make_engine, make_sessionmaker
+from service.settings import Settings, get_settings
 from worker.job import run_job
 from worker.recorder import shutdown_requested
 

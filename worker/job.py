@@ -18,14 +18,15 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.core.events import add_event
-from api.core.ids import new_id, now
-from api.core.jobs import fine_tuned_model_name
-from api.core.settings import Settings
-from api.core.storage import StorageError, verified_path, zip_dir_atomic
-from api.core.tables import Artifact, Checkpoint, File, Job, RegisteredModel
+from drlora_core.atomic import zip_dir_atomic
 from drlora_core.config import ConfigError
 from drlora_core.run import RunResult
+from service.events import add_event
+from service.ids import new_id, now
+from service.jobs import fine_tuned_model_name
+from service.settings import Settings
+from service.storage import StorageError, verified_path
+from service.tables import Artifact, Checkpoint, File, Job, RegisteredModel
 from worker import engine
 from worker.lease import Claim, Fenced, Heartbeat, claim
 from worker.recorder import Recorder

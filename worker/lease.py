@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from sqlalchemy import func, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.core.db import transaction
-from api.core.events import add_event
-from api.core.ids import now
-from api.core.tables import Job
+from service.db import transaction
+from service.events import add_event
+from service.ids import now
+from service.tables import Job
 
 log = logging.getLogger("drlora.worker")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from api.core.settings import Settings
+from service.settings import Settings
 from worker.app import create_worker_app
 
 

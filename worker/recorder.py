@@ -16,13 +16,13 @@ from pathlib import Path
 from sqlalchemy import delete, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.core.events import add_event
-from api.core.ids import new_id, now
-from api.core.storage import zip_dir_atomic
-from api.core.tables import Artifact, Checkpoint, ExpertStat, GrowthEvent, Job, Metric, RankSnapshot
+from drlora_core.atomic import zip_dir_atomic
 from drlora_core.callbacks import ExpertStats, StepMetrics, StopReason
 from drlora_core.callbacks import GrowthEvent as EngineGrowthEvent
 from drlora_core.run import CHECKPOINT_ADAPTER
+from service.events import add_event
+from service.ids import new_id, now
+from service.tables import Artifact, Checkpoint, ExpertStat, GrowthEvent, Job, Metric, RankSnapshot
 from worker.lease import Claim, Fenced, Heartbeat
 from worker.retry import write_fenced
 

@@ -8,13 +8,13 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from api.core.errors import Conflict, NotFound
-from api.core.tables import Artifact, Checkpoint, ExpertStat, GrowthEvent, Job, Metric, RankSnapshot
 from api.deps import CurrentTenant, SessionDep, SettingsDep
 from api.downloads import verified_download
 from api.owned import get_owned_job
 from api.presenters import INT_MAX, parse_int
 from api.schemas.drlora import ExpertsPublic, GrowthEventPublic, MetricPublic, MetricsPublic, RanksPublic
+from service.errors import Conflict, NotFound
+from service.tables import Artifact, Checkpoint, ExpertStat, GrowthEvent, Job, Metric, RankSnapshot
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["dr-lora"])
 

@@ -16,13 +16,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from api.core.errors import InvalidRequest
-from api.core.jobs import TERMINAL
-from api.core.tables import Checkpoint, Job, JobEvent
 from api.deps import CurrentTenant, SessionDep, SessionFactoryDep
 from api.owned import get_owned_job
 from api.presenters import checkpoint_public, event_id, event_public, parse_event_id
 from api.schemas.jobs import CheckpointsPublic, EventsPublic
+from service.errors import InvalidRequest
+from service.jobs import TERMINAL
+from service.tables import Checkpoint, Job, JobEvent
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 

@@ -8,15 +8,15 @@ from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from api.core.errors import InvalidRequest, PayloadTooLarge, Unprocessable
-from api.core.ids import new_id, now
-from api.core.storage import write_atomic
-from api.core.tables import File
 from api.deps import CurrentTenant, SessionDep, SettingsDep
 from api.downloads import verified_download
 from api.owned import get_owned_file
 from api.schemas.files import FileDeleted, FilePublic, FilesPublic
+from drlora_core.atomic import write_atomic
 from drlora_core.formats import DatasetError, validate_jsonl
+from service.errors import InvalidRequest, PayloadTooLarge, Unprocessable
+from service.ids import new_id, now
+from service.tables import File
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import text
 
-from api.core.errors import Unavailable
 from api.deps import SessionDep
+from service.errors import Unavailable
 
 router = APIRouter(tags=["health"])
 

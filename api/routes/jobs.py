@@ -12,18 +12,18 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.core import jobs as transitions
-from api.core import quota
-from api.core.errors import InvalidRequest, Unprocessable
-from api.core.events import add_event
-from api.core.ids import new_id, now
-from api.core.settings import Settings
-from api.core.sweep import dispatch
-from api.core.tables import File, Job, RegisteredModel, Tenant
 from api.deps import CeleryDep, CurrentTenant, SessionDep, SessionFactoryDep, SettingsDep
 from api.owned import get_owned_job
 from api.presenters import job_public
 from api.schemas.jobs import DrLoraMethod, JobCreate, JobPublic, JobsPublic
+from service import jobs as transitions
+from service import quota
+from service.errors import InvalidRequest, Unprocessable
+from service.events import add_event
+from service.ids import new_id, now
+from service.settings import Settings
+from service.sweep import dispatch
+from service.tables import File, Job, RegisteredModel, Tenant
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import select
 
-from api.core.errors import NotFound
-from api.core.tables import Job, RegisteredModel
 from api.deps import CurrentTenant, SessionDep
 from api.schemas.models import ModelPublic, ModelsPublic
+from service.errors import NotFound
+from service.tables import Job, RegisteredModel
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

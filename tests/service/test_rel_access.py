@@ -21,18 +21,18 @@ import httpx
 import pytest
 import redis
 from fastapi import FastAPI
-from service_helpers import free_port, make_settings, start_api
 from sqlalchemy import MetaData, String, Text, func, select, update
 
-from api.core.db import make_engine, make_sessionmaker, transaction
-from api.core.keys import hash_key, revoke_key
-from api.core.quota import ACTIVE
-from api.core.settings import Settings
-from api.core.tables import ApiKey, Checkpoint, Job, JobEvent
 from api.main import create_app
 from api.ratelimit import REDIS_PREFIX, LocalLimiter, RedisLimiter
 from api.schemas.jobs import JobCreate, JobPublic
 from drlora_cli.bootstrap import migrate, new_key, register_model
+from service.db import make_engine, make_sessionmaker, transaction
+from service.keys import hash_key, revoke_key
+from service.quota import ACTIVE
+from service.settings import Settings
+from service.tables import ApiKey, Checkpoint, Job, JobEvent
+from tests.support.service import free_port, make_settings, start_api
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import schema_fuzz
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from service_helpers import fresh_pg_database, make_settings
 
-from api.core.settings import Settings
 from api.main import create_app
 from drlora_cli.bootstrap import migrate, new_key, register_model
+from service.settings import Settings
+from tests.support import schema_fuzz
+from tests.support.service import fresh_pg_database, make_settings
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -17,12 +17,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.core.db import make_engine, make_sessionmaker
-from api.core.ids import new_id, now
-from api.core.settings import Settings
-from api.core.storage import zip_files_atomic
-from api.core.tables import Artifact, File, Job
 from api.main import create_app
+from drlora_core.atomic import zip_files_atomic
+from service.db import make_engine, make_sessionmaker
+from service.ids import new_id, now
+from service.settings import Settings
+from service.tables import Artifact, File, Job
 from worker.job import JobInputError, _inputs
 
 pytestmark = pytest.mark.timeout(120)

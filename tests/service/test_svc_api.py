@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from api.core.settings import Settings
 from api.main import create_app
+from service.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -65,7 +65,7 @@ def test_auth_is_required_and_keys_are_hashed(client: TestClient, make_key, pg_s
     assert client.get("/v1/models", headers=auth(key)).status_code == 200
     from sqlalchemy import text
 
-    from api.core.db import make_engine
+    from service.db import make_engine
 
     engine = make_engine(pg_settings.sqlalchemy_url)
     with engine.connect() as conn:
@@ -77,9 +77,9 @@ def test_auth_is_required_and_keys_are_hashed(client: TestClient, make_key, pg_s
 def test_revoked_key_is_refused_at_once(client: TestClient, make_key, pg_settings: Settings) -> None:
     from sqlalchemy import select
 
-    from api.core.db import make_engine, make_sessionmaker, transaction
-    from api.core.keys import hash_key, revoke_key
-    from api.core.tables import ApiKey
+    from service.db import make_engine, make_sessionmaker, transaction
+    from service.keys import hash_key, revoke_key
+    from service.tables import ApiKey
 
     key = make_key()
     assert client.get("/v1/files", headers=auth(key)).status_code == 200

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import make_settings
-from test_svc_api import (  # noqa: F401  (collected here again, with this module's fixtures)
+from tests.service.test_svc_api import (  # noqa: F401  (collected here again, with this module's fixtures)
     dataset_client,
     test_bad_datasets_are_refused_with_their_line_and_nothing_is_kept,
     test_cancel_pause_resume_of_a_queued_job,
@@ -19,9 +18,10 @@ from test_svc_api import (  # noqa: F401  (collected here again, with this modul
     test_jobs_list_pagination_and_metadata_filter,
 )
 
-from api.core.settings import Settings
 from api.main import create_app
 from drlora_cli.bootstrap import migrate, new_key, register_model
+from service.settings import Settings
+from tests.support.service import make_settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,7 +54,7 @@ def make_key(sqlite_settings: Settings):  # type: ignore[no-untyped-def]
 def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sqlite_settings: Settings) -> None:
     from sqlalchemy import text
 
-    from api.core.db import make_engine
+    from service.db import make_engine
 
     engine = make_engine(sqlite_settings.sqlalchemy_url)
     with engine.connect() as conn:

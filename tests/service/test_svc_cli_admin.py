@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import REPO, settings_env
 
-from api.core.settings import Settings
 from api.main import create_app
 from drlora_cli.main import build_parser
+from service.settings import Settings
+from tests.support.service import REPO, settings_env
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 import redis
-from service_helpers import make_settings
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.core.broker import make_celery
-from api.core.db import make_engine, make_sessionmaker, transaction
-from api.core.ids import new_id, now
-from api.core.keys import create_key
-from api.core.settings import Settings
-from api.core.sweep import dispatch, reclaim_lost, redispatch
-from api.core.tables import Job, JobEvent
 from drlora_cli.bootstrap import migrate
+from service.broker import make_celery
+from service.db import make_engine, make_sessionmaker, transaction
+from service.ids import new_id, now
+from service.keys import create_key
+from service.settings import Settings
+from service.sweep import dispatch, reclaim_lost, redispatch
+from service.tables import Job, JobEvent
+from tests.support.service import make_settings
 from worker.lease import Fenced, Heartbeat, claim, fenced
 
 pytestmark = pytest.mark.timeout(60)

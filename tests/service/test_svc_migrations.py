@@ -10,12 +10,12 @@ import pytest
 from alembic import command
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from service_helpers import fresh_pg_database
 from sqlalchemy import inspect
 
-from api.core.db import make_engine
-from api.core.tables import Base
 from drlora_cli.bootstrap import alembic_config
+from service.db import make_engine
+from service.tables import Base
+from tests.support.service import fresh_pg_database
 
 pytestmark = pytest.mark.timeout(120)
 

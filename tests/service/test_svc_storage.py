@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from api.core.storage import StorageError, resolve_inside, verified_path, write_atomic, zip_dir_atomic
+from drlora_core.atomic import write_atomic, zip_dir_atomic
+from service.storage import StorageError, resolve_inside, verified_path
 
 pytestmark = pytest.mark.timeout(30)
 

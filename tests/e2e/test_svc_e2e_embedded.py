@@ -20,7 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_helpers import REPO, Api, Process, demo_paths, dr_lora, free_port, loads_torch, wait_until
+
+from tests.support.service import REPO, Api, Process, demo_paths, dr_lora, free_port, loads_torch, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 

@@ -13,7 +13,7 @@ from drlora_core.growth import allocate, event_quota, grow, plan_growth, proport
 from drlora_core.signals import saliency
 from drlora_core.tiny import build_tiny
 from drlora_core.trainer import train
-from tests.engine_helpers import adapted, logits, random_examples, run_config
+from tests.support.engine import adapted, logits, random_examples, run_config
 
 IDS = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(5))
 

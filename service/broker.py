@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from api.core.settings import Settings
+from service.settings import Settings
 
 TRAIN_TASK = "drlora.train_job"
 

@@ -6,7 +6,7 @@ import torch
 from drlora_core.adapter import attach
 from drlora_core.checkpointing import enable_activation_checkpointing
 from drlora_core.tiny import FAMILIES, build_tiny
-from tests.engine_helpers import SMALL
+from tests.support.engine import SMALL
 
 IDS = torch.randint(3, 128, (3, 10), generator=torch.Generator().manual_seed(3))
 MASK = torch.ones(3, 10, dtype=torch.long)

@@ -2,7 +2,7 @@
 
 Tenants own keys, files and jobs; everything a job produces hangs off the job and is reached through it, so one
 tenant check on the job guards all of it. The job row is the source of truth for what runs: `attempt`,
-`lease_expires_at` and `heartbeat_at` are the worker's claim (see `api.core.lease`), `requested_action` carries
+`lease_expires_at` and `heartbeat_at` are the worker's claim (see `service.lease`), `requested_action` carries
 cancel and pause to it, and `dispatched_at` tells the sweep when the broker was last asked to run the job.
 """
 

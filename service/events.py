@@ -6,8 +6,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from api.core.ids import now
-from api.core.tables import JobEvent
+from service.ids import now
+from service.tables import JobEvent
 
 
 def add_event(session: Session, job_id: str, attempt: int, message: str, *, level: str = "info",

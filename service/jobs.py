@@ -15,10 +15,10 @@ from __future__ import annotations
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from api.core.errors import Conflict
-from api.core.events import add_event
-from api.core.ids import now
-from api.core.tables import Job
+from service.errors import Conflict
+from service.events import add_event
+from service.ids import now
+from service.tables import Job
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 

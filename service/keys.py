@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.core.ids import new_id, now
-from api.core.tables import ApiKey, Tenant
+from service.ids import new_id, now
+from service.tables import ApiKey, Tenant
 
 KEY_PREFIX = "drl-"
 

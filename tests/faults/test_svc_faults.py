@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_helpers import Cluster, make_settings, running_cluster, wait_until
 from sqlalchemy import select
 
-from api.core.tables import JobEvent
+from service.tables import JobEvent
+from tests.support.service import Cluster, make_settings, running_cluster, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

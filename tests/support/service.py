@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from api.core.settings import Settings
+from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -212,7 +212,7 @@ def loads_torch(pid: int) -> bool:
 
 def job_row(factory: Any, job_id: str) -> Any:
     """The job's database row, read in a session of its own."""
-    from api.core.tables import Job
+    from service.tables import Job
 
     with factory() as s:
         return s.get_one(Job, job_id)
@@ -222,7 +222,7 @@ def adapter_count(factory: Any, job_id: str) -> int:
     """How many final adapters were published for the job (exactly one after success)."""
     from sqlalchemy import func, select
 
-    from api.core.tables import Artifact
+    from service.tables import Artifact
 
     with factory() as s:
         return s.scalar(select(func.count()).select_from(Artifact).where(
@@ -234,7 +234,7 @@ class Cluster:
     training file: what a fault test needs to submit jobs, hurt processes and read the rows back."""
 
     def __init__(self, settings: Settings, api: Api, api_proc: Process, logs: Path) -> None:
-        from api.core.db import make_engine, make_sessionmaker
+        from service.db import make_engine, make_sessionmaker
 
         self.settings, self.api, self.api_proc, self.logs = settings, api, api_proc, logs
         self.workers: list[Process] = []

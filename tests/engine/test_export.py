@@ -10,7 +10,7 @@ import torch
 from drlora_core.adapter import attach
 from drlora_core.export import RANKS_FILE, export_peft, merge_into_base
 from drlora_core.tiny import build_tiny
-from tests.engine_helpers import adapted, logits
+from tests.support.engine import adapted, logits
 
 IDS = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(11))
 
@@ -85,7 +85,7 @@ def test_model_eval_turns_the_lora_dropout_off():
     from peft import PeftModel
 
     from drlora_core.config import LoraConfig
-    from tests.engine_helpers import randomise_b
+    from tests.support.engine import randomise_b
 
     for family in ("qwen3_moe", "module_list"):
         model = build_tiny(family)

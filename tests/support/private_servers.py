@@ -19,7 +19,8 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
-from service_helpers import Process, free_port, wait_until
+
+from tests.support.service import Process, free_port, wait_until
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_USER = "postgres"

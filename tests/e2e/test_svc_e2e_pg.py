@@ -16,7 +16,14 @@ from typing import Any
 
 import openai
 import pytest
-from service_helpers import (
+from sqlalchemy import select
+
+from drlora_cli.bootstrap import migrate, new_key, register_model
+from service.broker import make_celery, send_train
+from service.db import make_engine, make_sessionmaker
+from service.settings import Settings
+from service.tables import Artifact, Job
+from tests.support.service import (
     Api,
     adapter_count,
     demo_paths,
@@ -28,13 +35,6 @@ from service_helpers import (
     start_api,
     start_worker,
 )
-from sqlalchemy import select
-
-from api.core.broker import make_celery, send_train
-from api.core.db import make_engine, make_sessionmaker
-from api.core.settings import Settings
-from api.core.tables import Artifact, Job
-from drlora_cli.bootstrap import migrate, new_key, register_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

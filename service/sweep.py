@@ -21,12 +21,12 @@ from celery import Celery
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.core.broker import send_train
-from api.core.db import transaction
-from api.core.events import add_event
-from api.core.ids import now
-from api.core.settings import Settings
-from api.core.tables import Job
+from service.broker import send_train
+from service.db import transaction
+from service.events import add_event
+from service.ids import now
+from service.settings import Settings
+from service.tables import Job
 
 log = logging.getLogger("drlora.sweep")
 

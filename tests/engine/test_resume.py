@@ -11,7 +11,7 @@ from drlora_core.adapter import attach
 from drlora_core.data import BatchStream
 from drlora_core.tiny import build_tiny
 from drlora_core.trainer import train
-from tests.engine_helpers import random_examples, run_config
+from tests.support.engine import random_examples, run_config
 
 
 class PauseAt:

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_helpers import Process, free_port, start_api
 
-from api.core.settings import Settings
+from service.settings import Settings
+from tests.support.service import Process, free_port, start_api
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from api.core.errors import TooManyRequests
-from api.core.tables import Job, Tenant
+from service.errors import TooManyRequests
+from service.tables import Job, Tenant
 
 ACTIVE = ("validating_files", "queued", "running")
 QUOTA_RETRY_AFTER_S = 30

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from poll_load import LoadResult, poll
-from service_helpers import Api, fresh_pg_database, make_settings, running_cluster
 
-from api.core.settings import Settings
+from service.settings import Settings
+from tests.support.poll_load import LoadResult, poll
+from tests.support.service import Api, fresh_pg_database, make_settings, running_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -7,7 +7,7 @@ from torch import nn
 from drlora_core.adapter import attach
 from drlora_core.families import UnsupportedModelError, find_experts
 from drlora_core.tiny import FAMILIES, build_tiny
-from tests.engine_helpers import SMALL, adapted, logits, reference_logits
+from tests.support.engine import SMALL, adapted, logits, reference_logits
 
 IDS = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(7))
 

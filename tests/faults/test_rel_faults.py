@@ -2,7 +2,7 @@
 the job row's lock), with real processes and real servers.
 
 Each test runs the API and workers as child processes against a private PostgreSQL database and a private Redis
-(tests/service/private_servers.py), because several of them stop, restart, flush or cut off those servers; the
+(tests/support/private_servers.py), because several of them stop, restart, flush or cut off those servers; the
 embedded variant runs on SQLite and the filesystem broker. Faults are real: SIGKILL, a server stopped by its pid,
 FLUSHALL, pg_terminate_backend. Figures the docs quote (recovery times) are printed as `FIGURE name=value`
 (`pytest -rP` shows them).
@@ -21,18 +21,18 @@ from typing import Any
 
 import psycopg
 import pytest
-from file_audit import plant_pickles, unsafe_files
-from private_servers import PostgresServer, RedisServer, private_pg, private_redis  # noqa: F401 - fixtures
-from service_helpers import Cluster, Process, dr_lora, make_settings, running_cluster, wait_until
 from sqlalchemy import select
 
-from api.core.db import make_engine, make_sessionmaker, transaction
-from api.core.keys import create_key
-from api.core.settings import Settings
-from api.core.sweep import reclaim_lost
-from api.core.tables import Artifact, Checkpoint, Job, JobEvent
 from drlora_cli.bootstrap import migrate
 from drlora_core.checkpoint import HOLD_STEP_ENV
+from service.db import make_engine, make_sessionmaker, transaction
+from service.keys import create_key
+from service.settings import Settings
+from service.sweep import reclaim_lost
+from service.tables import Artifact, Checkpoint, Job, JobEvent
+from tests.support.file_audit import plant_pickles, unsafe_files
+from tests.support.private_servers import PostgresServer, RedisServer, private_pg, private_redis  # noqa: F401 - fixtures
+from tests.support.service import Cluster, Process, dr_lora, make_settings, running_cluster, wait_until
 
 pytestmark = pytest.mark.slow
 
