@@ -16,7 +16,6 @@ from torch import nn
 
 Routing = Literal["model", "balanced", "zipf"]
 ShapeSet = Literal["tiny", "small", "real"]
-QUICK_FAMILIES: tuple[str, ...] = ("qwen3_moe", "olmoe", "gpt_oss")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import select
 
 from service.db import make_engine, make_sessionmaker, transaction
 from service.ids import now
@@ -79,12 +78,3 @@ def first_key(settings: Settings, key_file: Path, tenant: str = "default") -> st
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
     return key
-
-
-def registered_models(settings: Settings) -> list[str]:
-    engine = make_engine(settings.sqlalchemy_url)
-    try:
-        with make_sessionmaker(engine)() as session:
-            return list(session.scalars(select(RegisteredModel.id)).all())
-    finally:
-        engine.dispose()

@@ -26,7 +26,7 @@ class Plan:
         return sum(1 for s in self.steps if s > after_step)
 
 
-def plan_growth(config: LoraConfig, total_steps: int, warmup_steps: int, num_experts: list[int]) -> Plan:
+def plan_growth(config: LoraConfig, total_steps: int, warmup_steps: int) -> Plan:
     """Events at start, start + T, ... <= total - T, with start = end of warmup; refuses a plan that cannot
     reach the budget."""
     if config.method != "dr_lora" or config.r_target == config.r_init:
@@ -44,7 +44,6 @@ def plan_growth(config: LoraConfig, total_steps: int, warmup_steps: int, num_exp
             f"at most {cap} slices per expert per event needs at least {needed}; lower growth_interval (to at most "
             f"{max(1, (total_steps - start) // (needed + 1))}), train more steps, or raise grow_frac",
         )
-    del num_experts  # the budget is per expert on average; the cap check above is what limits feasibility
     return Plan(steps, cap)
 
 

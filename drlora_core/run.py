@@ -22,7 +22,7 @@ from drlora_core.adapter import Adapter, attach
 from drlora_core.assets import DEMO_MODEL_ID, resolve_model_dir
 from drlora_core.callbacks import ExpertStats, GrowthEvent, StopReason
 from drlora_core.checkpoint import latest_checkpoint
-from drlora_core.checkpointing import enable_activation_checkpointing
+from drlora_core.activation_checkpointing import enable_activation_checkpointing
 from drlora_core.config import ConfigError, RunConfig
 from drlora_core.data import BatchStream, collate, load_dataset, pad_token_id
 from drlora_core.export import export_merged, export_peft

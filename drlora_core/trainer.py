@@ -69,7 +69,7 @@ def train(model: nn.Module, adapter: Adapter, stream: BatchStream, val_batches: 
     events = _Callbacks(callbacks)
     total = total_steps_for(config, stream.steps_per_epoch)
     warmup = math.ceil(t.warmup_ratio * total)
-    plan = plan_growth(lora, total, warmup, [b.num_experts for b in adapter.banks])
+    plan = plan_growth(lora, total, warmup)
     banks = adapter.banks
     signals = Signals.zeros(banks, device)
     routers = _router_params(adapter) if t.train_router else []

@@ -19,7 +19,7 @@ IDS = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(5))
 
 
 def test_schedule_starts_after_warmup_and_stops_one_interval_before_the_end():
-    plan = plan_growth(LoraConfig(r_init=8, r_target=16, r_max=32, growth_interval=200), 3750, 113, [64])
+    plan = plan_growth(LoraConfig(r_init=8, r_target=16, r_max=32, growth_interval=200), 3750, 113)
     assert plan.steps[0] == 113 and plan.steps[1] == 313
     assert plan.steps[-1] <= 3750 - 200 and plan.steps[-1] + 200 > 3750 - 200
     assert plan.cap == 3  # ceil(0.1 * (32 - 8))
@@ -27,7 +27,7 @@ def test_schedule_starts_after_warmup_and_stops_one_interval_before_the_end():
 
 def test_infeasible_schedule_names_the_parameter_and_a_fix():
     with pytest.raises(ConfigError, match=r"growth_interval.*lower growth_interval") as err:
-        plan_growth(LoraConfig(r_init=2, r_target=8, r_max=8, growth_interval=10), 30, 1, [8])
+        plan_growth(LoraConfig(r_init=2, r_target=8, r_max=8, growth_interval=10), 30, 1)
     assert err.value.param == "growth_interval"
 
 
