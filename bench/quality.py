@@ -2,7 +2,7 @@
 model's target task, several seeds each; held-out loss, exact-match accuracy, final rank maps, and how the ranks
 line up with the experts the target task routes to.
 
-Each run uses the engine's own pieces the way `drlora_core.run.train_run` does (seed, load, attach, train), but
+Each run is set up and trained by the engine's own `prepare_run` / `train_prepared` (what `train_run` does), but
 keeps the adapted model in memory so its completions can be decoded without an export and reload.
 """
 
@@ -48,24 +48,6 @@ class QualitySettings:
     val_file: Path = field(default_factory=demo_val_file)
 
 
-@dataclass
-class _Recorder:
-    """Trainer callbacks: the final held-out loss, and how many (expert, event) growth records there were."""
-
-    val_loss: float | None = None
-    growth_events: int = 0
-    last_train_loss: float | None = None
-
-    def on_eval(self, step: int, loss: float) -> None:
-        self.val_loss = loss
-
-    def on_growth(self, events: list[Any], stats: Any) -> None:
-        self.growth_events += len(events)
-
-    def on_step(self, metrics: Any) -> None:
-        self.last_train_loss = metrics.train_loss
-
-
 def run_quality(settings: QualitySettings) -> dict[str, Any]:
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -95,11 +77,9 @@ def run_quality(settings: QualitySettings) -> dict[str, Any]:
 
 
 def one_run(settings: QualitySettings, method: str, seed: int, profile: list[list[float]] | None) -> dict[str, Any]:
-    from drlora_core.adapter import attach
+    from drlora_core.callbacks import Hooks
     from drlora_core.config import LoraConfig, RunConfig, TrainConfig
-    from drlora_core.data import BatchStream, load_dataset, pad_token_id
-    from drlora_core.run import _val_batches, load_base
-    from drlora_core.trainer import train
+    from drlora_core.run import prepare_run, train_prepared
 
     config = RunConfig(
         LoraConfig(method=method, r_init=settings.r_init, r_target=settings.r_target,  # type: ignore[arg-type]
@@ -108,34 +88,30 @@ def one_run(settings: QualitySettings, method: str, seed: int, profile: list[lis
                     device="cpu", max_seq_len=settings.max_seq_len))
     config.validate()
     started = time.perf_counter()
-    torch.manual_seed(seed)
-    device = torch.device("cpu")
-    model, tokenizer, _ = load_base(settings.model, device, bf16=False)
-    stream = BatchStream(load_dataset(settings.train_file, tokenizer, settings.max_seq_len), settings.batch_size,
-                         seed, pad_token_id(tokenizer))
-    val = _val_batches(settings.val_file, tokenizer, settings.max_seq_len, 64)
-    adapter = attach(model, config.lora)
-    recorder = _Recorder()
-    result = train(model, adapter, stream, val, config, settings.out_dir / f"{method}-seed{seed}", [recorder],
-                   device=device)
+    run = prepare_run(settings.model, settings.train_file, config, settings.val_file)
+    val_losses: list[float] = []
+    train_losses: list[float] = []
+    hooks = Hooks(eval=lambda step, loss: val_losses.append(loss), step=lambda m: train_losses.append(m.train_loss))
+    result = train_prepared(run, settings.out_dir / f"{method}-seed{seed}", [hooks])
     train_seconds = time.perf_counter() - started
-    accuracy = held_out_accuracy(model, tokenizer, settings)
-    return {"method": method, "seed": seed, "val_loss": recorder.val_loss, "exact_match": accuracy,
-            "final_train_loss": recorder.last_train_loss, "ranks": result.ranks,
-            "growth_events": recorder.growth_events, "rank_routing_spearman": rank_alignment(result.ranks, profile),
+    accuracy = held_out_accuracy(run.model, run.tokenizer, settings)
+    return {"method": method, "seed": seed, "val_loss": val_losses[-1] if val_losses else None,
+            "exact_match": accuracy, "final_train_loss": train_losses[-1] if train_losses else None,
+            "ranks": result.ranks, "growth_events": len(result.growth_events),
+            "rank_routing_spearman": rank_alignment(result.ranks, profile),
             "train_seconds": train_seconds, "seconds": time.perf_counter() - started}
 
 
 def evaluate_base(settings: QualitySettings) -> dict[str, Any]:
     """The base model on the same held-out set: what fine-tuning starts from."""
-    from drlora_core.run import _val_batches, load_base
+    from drlora_core.run import load_base, load_batches
     from drlora_core.trainer import token_loss
 
     model, tokenizer, _ = load_base(settings.model, torch.device("cpu"), bf16=False)
     model.eval()
     total = count = 0.0
     with torch.no_grad():
-        for batch in _val_batches(settings.val_file, tokenizer, settings.max_seq_len, 64):
+        for batch in load_batches(settings.val_file, tokenizer, settings.max_seq_len, 64):
             total += float(token_loss(model, batch))
             count += int((batch["labels"][:, 1:] != -100).sum())
     return {"val_loss": total / max(count, 1), "exact_match": held_out_accuracy(model, tokenizer, settings)}

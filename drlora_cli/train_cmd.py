@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from drlora_core.callbacks import ExpertStats, GrowthEvent, StepMetrics, StopReason
 
 SHADES = " .:-=+*#%@"
 
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 class ProgressBar:
-    """A tqdm bar fed by the trainer's callbacks."""
+    """A tqdm bar fed by the trainer's callbacks (a `drlora_core.callbacks.TrainingCallback`)."""
 
     def __init__(self) -> None:
         self.bar: Any = None
@@ -91,7 +94,7 @@ class ProgressBar:
 
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
-    def on_step(self, m: Any) -> None:
+    def on_step(self, m: StepMetrics) -> None:
         postfix = {"loss": f"{m.train_loss:.3f}", "lr": f"{m.learning_rate:.1e}", "tok/s": f"{m.tokens_per_second:.0f}"}
         if self.valid is not None:
             postfix["val"] = f"{self.valid:.3f}"
@@ -103,10 +106,20 @@ class ProgressBar:
         if self.bar is not None:
             self.bar.write(f"step {step}: validation loss {valid_loss:.4f}")
 
-    def on_growth(self, events: list[Any], stats: Any) -> None:
+    def on_growth(self, events: list[GrowthEvent], stats: ExpertStats) -> None:
         if self.bar is not None:
             self.bar.write(f"step {events[0].step}: grew {len(events)} experts; mean rank per layer "
                            + " ".join(f"{sum(r) / len(r):.1f}" for r in stats.ranks))
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        if self.bar is not None:
+            self.bar.write(f"step {step}: checkpoint {path}")
+
+    def should_stop(self, step: int) -> StopReason | None:
+        return None  # the CLI stops on Ctrl-C, not through the trainer
+
+    def on_end(self, step: int, stats: ExpertStats, stopped: StopReason | None) -> None:
+        self.close()
 
     def close(self) -> None:
         if self.bar is not None:

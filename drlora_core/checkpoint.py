@@ -5,6 +5,7 @@ Layout of `<out>/checkpoints/step-000120/`:
   signals.safetensors    frequency EMA, slice-importance EMAs, this step's routing counts, RNG states
   optimizer.safetensors  AdamW moments and step counters, keyed by parameter index
   trainer.json           run config, step, data position, growth events, scheduler and optimizer hyperparameters
+  adapter/               the PEFT adapter at this step (export.py), loadable exactly like the run's final one
   COMPLETE               written last (JSON, the step): a folder without it is a partial write, ignored and removed
 A checkpoint is written to a temporary folder, fsynced and renamed, so a crash leaves the old state or the new.
 
@@ -20,6 +21,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from drlora_core.atomic import fresh_tmp, publish_dir
 
 PREFIX = "step-"
 MARKER = "COMPLETE"
+ADAPTER_DIR = "adapter"
 HOLD_STEP_ENV = "DRLORA_DEBUG_HOLD_CHECKPOINT_STEP"
 HOLD_SECONDS = 3600.0
 log = logging.getLogger(__name__)
@@ -46,7 +49,8 @@ def checkpoint_dir(out_dir: Path) -> Path:
     return out_dir / "checkpoints"
 
 
-def save_checkpoint(out_dir: Path, step: int, data: CheckpointData) -> Path:
+def save_checkpoint(out_dir: Path, step: int, data: CheckpointData, write_adapter: Callable[[Path], object]) -> Path:
+    """Write the checkpoint of `step`; `write_adapter(folder)` writes its PEFT adapter before the marker."""
     root = checkpoint_dir(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:06d}"
@@ -54,6 +58,7 @@ def save_checkpoint(out_dir: Path, step: int, data: CheckpointData) -> Path:
     for stem, tensors in data.tensors.items():
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / f"{stem}.safetensors"))
     (tmp / "trainer.json").write_text(json.dumps(data.meta, indent=1))
+    write_adapter(tmp / ADAPTER_DIR)
     _hold_if_drilled(step, tmp)
     (tmp / MARKER).write_text(json.dumps({"step": step}) + "\n")
     return publish_dir(tmp, final)

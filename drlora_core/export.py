@@ -26,6 +26,7 @@ from torch import nn
 from drlora_core.adapter import Adapter
 from drlora_core.atomic import fresh_tmp, publish_dir
 from drlora_core.callbacks import GrowthEvent
+from drlora_core.config import RunConfig
 from drlora_core.families import ExpertsSite
 
 RANKS_FILE = "drlora_ranks.json"
@@ -97,6 +98,13 @@ def export_peft(adapter: Adapter, out_dir: Path, *, base_model: str, events: Seq
     _write_json(tmp / "adapter_config.json", peft_config(adapter, r_c, base_model, routers))
     _write_json(tmp / RANKS_FILE, ranks_document(adapter, events, extra or {}))
     return publish_dir(tmp, out_dir)
+
+
+def export_run_adapter(adapter: Adapter, out_dir: Path, *, base_model: str, events: Sequence[GrowthEvent],
+                       config: RunConfig, step: int) -> Path:
+    """A run's adapter (the final one, or a checkpoint's): the PEFT files, with the run's config and step."""
+    return export_peft(adapter, out_dir, base_model=base_model, events=events, routers=config.train.train_router,
+                       extra={"base_model": base_model, "steps": step, "config": config.to_dict()})
 
 
 def export_merged(adapter: Adapter, tokenizer: Any, out_dir: Path) -> Path:

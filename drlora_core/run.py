@@ -1,6 +1,7 @@
 """One training run from files on disk: load model and data, attach, train (or resume), export the adapter.
 
-This is the entry point the CLI and the worker share. Layout of `out_dir`:
+`train_run` is the entry point the CLI and the worker share. Its setup, `prepare_run` (seed, model, data, adapter),
+is also what the quality benchmark trains with, so that it measures the same runs. Layout of `out_dir`:
   checkpoints/step-NNNNNN/   resumable checkpoints (see checkpoint.py), each with its PEFT adapter in adapter/
   adapter/                   the PEFT adapter directory, written when the run completes
   merged/                    with `merged=True`: the base model with the adapter merged in
@@ -8,7 +9,6 @@ This is the entry point the CLI and the worker share. Layout of `out_dir`:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,19 +18,16 @@ from typing import Any, Literal
 import torch
 
 from drlora_core import checkpoint as ckpt
+from drlora_core.activation_checkpointing import enable_activation_checkpointing
 from drlora_core.adapter import Adapter, attach
 from drlora_core.assets import DEMO_MODEL_ID, resolve_model_dir
-from drlora_core.callbacks import ExpertStats, GrowthEvent, StopReason
-from drlora_core.checkpoint import latest_checkpoint
-from drlora_core.activation_checkpointing import enable_activation_checkpointing
+from drlora_core.callbacks import ExpertStats, GrowthEvent, StopReason, TrainingCallback
 from drlora_core.config import ConfigError, RunConfig
 from drlora_core.data import BatchStream, collate, load_dataset, pad_token_id
-from drlora_core.export import export_merged, export_peft
-from drlora_core.trainer import train
+from drlora_core.export import export_merged, export_run_adapter
+from drlora_core.trainer import Batch, TrainResult, train
 
-__all__ = ["CHECKPOINT_ADAPTER", "RunResult", "latest_checkpoint", "load_base", "resolve_device", "train_run"]
 log = logging.getLogger(__name__)
-CHECKPOINT_ADAPTER = "adapter"  # the PEFT adapter's folder inside each checkpoint
 
 
 @dataclass(frozen=True)
@@ -67,63 +64,63 @@ def load_base(model: str, device: torch.device, bf16: bool = True) -> tuple[Any,
     return base, tokenizer, model_dir
 
 
-def train_run(model: str, train_file: Path, out_dir: Path, config: RunConfig, val_file: Path | None = None,
-              callbacks: Sequence[object] = (), resume: bool = True, merged: bool = False) -> RunResult:
-    config.validate()
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run ready to train: the base model with its adapter attached, the data, and where it executes."""
+
+    config: RunConfig
+    model: Any  # the Hugging Face model, adapted in place
+    tokenizer: Any
+    base_model: str  # what the exported adapter names as its base: the demo's id or the model's directory
+    adapter: Adapter
+    stream: BatchStream
+    val_batches: list[Batch]
+    device: torch.device
+
+
+def prepare_run(model: str, train_file: Path, config: RunConfig, val_file: Path | None = None) -> PreparedRun:
     t = config.train
     device = resolve_device(t.device)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = latest_checkpoint(out_dir) if resume else None
-    data = ckpt.load_checkpoint(checkpoint) if checkpoint else None
-    if data is not None and _identity(data.meta["config"]) != _identity(config.to_dict()):
-        raise ConfigError("config", f"{checkpoint} was written with a different configuration; use a new output "
-                                    "directory, or the same settings to resume")
     torch.manual_seed(t.seed)
     base, tokenizer, model_dir = load_base(model, device, t.bf16)
     examples = load_dataset(train_file, tokenizer, t.max_seq_len)
     stream = BatchStream(examples, t.batch_size, t.seed, pad_token_id(tokenizer))
-    val_batches = _val_batches(val_file, tokenizer, t.max_seq_len, t.batch_size) if val_file else []
+    val = load_batches(val_file, tokenizer, t.max_seq_len, t.batch_size) if val_file else []
     adapter = attach(base, config.lora, impl=t.experts_impl)
     if t.gradient_checkpointing and not enable_activation_checkpointing(base):
         raise ConfigError("gradient_checkpointing", f"{type(base).__name__} does not support it; turn it off")
+    base_name = DEMO_MODEL_ID if model == DEMO_MODEL_ID else str(model_dir)
+    return PreparedRun(config, base, tokenizer, base_name, adapter, stream, val, device)
+
+
+def train_prepared(run: PreparedRun, out_dir: Path, callbacks: Sequence[TrainingCallback] = (),
+                   resume: ckpt.CheckpointData | None = None) -> TrainResult:
+    return train(run.model, run.adapter, run.stream, run.val_batches, run.config, out_dir, base_model=run.base_model,
+                 callbacks=callbacks, resume=resume, device=run.device)
+
+
+def train_run(model: str, train_file: Path, out_dir: Path, config: RunConfig, val_file: Path | None = None,
+              callbacks: Sequence[TrainingCallback] = (), resume: bool = True, merged: bool = False) -> RunResult:
+    config.validate()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = ckpt.latest_checkpoint(out_dir) if resume else None
+    data = ckpt.load_checkpoint(checkpoint) if checkpoint else None
+    if data is not None and _identity(data.meta["config"]) != _identity(config.to_dict()):
+        raise ConfigError("config", f"{checkpoint} was written with a different configuration; use a new output "
+                                    "directory, or the same settings to resume")
+    run = prepare_run(model, train_file, config, val_file)
     if data is not None:
         log.info("resuming from %s", checkpoint)
-    exporter = CheckpointExporter(adapter, model, model_dir, config)  # first: later callbacks see the adapter/
-    result = train(base, adapter, stream, val_batches, config, out_dir, [exporter, *callbacks], data, device)
+    result = train_prepared(run, out_dir, callbacks, data)
     completed = result.step >= result.total_steps and result.stopped != "cancel"
     adapter_dir = merged_dir = None
     if completed:
-        adapter_dir = export_adapter(adapter, out_dir / "adapter", model, model_dir, result.growth_events,
-                                     config, result.step)
+        adapter_dir = export_run_adapter(run.adapter, out_dir / "adapter", base_model=run.base_model,
+                                         events=result.growth_events, config=config, step=result.step)
         if merged:
-            merged_dir = export_merged(adapter, tokenizer, out_dir / "merged")
+            merged_dir = export_merged(run.adapter, run.tokenizer, out_dir / "merged")
     return RunResult("completed" if completed else "stopped", None if completed else result.stopped, result.step,
                      result.total_steps, adapter_dir, merged_dir, result.ranks, result.growth_events, result.stats)
-
-
-def export_adapter(adapter: Adapter, out: Path, model: str, model_dir: Path, events: Sequence[GrowthEvent],
-                   config: RunConfig, step: int) -> Path:
-    base_name = DEMO_MODEL_ID if model == DEMO_MODEL_ID else str(model_dir)
-    return export_peft(adapter, out, base_model=base_name, events=events, routers=config.train.train_router,
-                       extra={"base_model": base_name, "steps": step, "config": config.to_dict()})
-
-
-@dataclass(frozen=True)
-class CheckpointExporter:
-    """Writes the PEFT adapter of every checkpoint into its `adapter/` folder, so an intermediate adapter loads
-    exactly like the final one (the service offers it as `?checkpoint=`). The growth history comes from the
-    checkpoint itself, so it is whole after a resume too."""
-
-    adapter: Adapter
-    model: str
-    model_dir: Path
-    config: RunConfig
-
-    def on_checkpoint(self, step: int, path: Path) -> None:
-        meta = json.loads((path / "trainer.json").read_text())
-        events = [GrowthEvent(**e) for e in meta["growth_events"]]
-        export_adapter(self.adapter, path / CHECKPOINT_ADAPTER, self.model, self.model_dir, events, self.config,
-                       step)
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +128,8 @@ def _identity(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "train": {k: v for k, v in config["train"].items() if k != "device"}}
 
 
-def _val_batches(path: Path, tokenizer: Any, max_seq_len: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
+def load_batches(path: Path, tokenizer: Any, max_seq_len: int, batch_size: int) -> list[Batch]:
+    """A dataset file as padded batches in file order (validation sets)."""
     examples = load_dataset(path, tokenizer, max_seq_len)
     pad = pad_token_id(tokenizer)
     return [collate(examples[i:i + batch_size], pad) for i in range(0, len(examples), batch_size)]

@@ -22,9 +22,17 @@ from torch.nn import functional as F
 
 from drlora_core import checkpoint as ckpt
 from drlora_core.adapter import Adapter
-from drlora_core.callbacks import ExpertStats, GrowthEvent, StepMetrics, StopReason
+from drlora_core.callbacks import (
+    CallbackList,
+    ExpertStats,
+    GrowthEvent,
+    StepMetrics,
+    StopReason,
+    TrainingCallback,
+)
 from drlora_core.config import RunConfig
 from drlora_core.data import BatchStream
+from drlora_core.export import export_run_adapter
 from drlora_core.growth import Plan, allocate, event_quota, grow, plan_growth, proportional_ranks
 from drlora_core.signals import Signals, saliency
 
@@ -62,11 +70,12 @@ def adamw(params: Any, lr: float, weight_decay: float, device: torch.device) -> 
 
 
 def train(model: nn.Module, adapter: Adapter, stream: BatchStream, val_batches: Sequence[Batch], config: RunConfig,
-          out_dir: Path, callbacks: Sequence[object] = (), resume: ckpt.CheckpointData | None = None,
-          device: torch.device | None = None) -> TrainResult:
+          out_dir: Path, *, base_model: str, callbacks: Sequence[TrainingCallback] = (),
+          resume: ckpt.CheckpointData | None = None, device: torch.device | None = None) -> TrainResult:
+    """Train `adapter` on `model`; checkpoints go under `out_dir`, each with its PEFT adapter naming `base_model`."""
     device = device or next(model.parameters()).device
     t, lora = config.train, config.lora
-    events = _Callbacks(callbacks)
+    events = CallbackList(callbacks)
     total = total_steps_for(config, stream.steps_per_epoch)
     warmup = math.ceil(t.warmup_ratio * total)
     plan = plan_growth(lora, total, warmup)
@@ -82,7 +91,7 @@ def train(model: nn.Module, adapter: Adapter, stream: BatchStream, val_batches: 
     elif lora.method == "static":
         _set_static_ranks(model, adapter, stream, config, device)
     _set_router_trainable(routers, state.step >= warmup)
-    events.call("on_start", total, adapter.ranks(), state.step)
+    events.on_start(total, adapter.ranks(), state.step)
 
     stopped: StopReason | None = None
     while state.step < total:
@@ -112,22 +121,22 @@ def train(model: nn.Module, adapter: Adapter, stream: BatchStream, val_batches: 
             new_events = _growth_event(adapter, signals, plan, state.step, optimizer, config)
             state.growth_events.extend(new_events)
             if new_events:
-                events.call("on_growth", new_events, expert_stats(adapter, signals, state.step, config))
+                events.on_growth(new_events, expert_stats(adapter, signals, state.step, config))
         loss_value, norm_value = torch.stack([loss_sum, grad_norm.to(loss_sum)]).tolist()  # one host sync
         elapsed = max(time.perf_counter() - started, 1e-9)
-        events.call("on_step", StepMetrics(state.step, total, loss_value, float(scheduler.get_last_lr()[0]),
-                                           tokens / elapsed, state.trained_tokens, norm_value))
+        events.on_step(StepMetrics(state.step, total, loss_value, float(scheduler.get_last_lr()[0]), tokens / elapsed,
+                                  state.trained_tokens, norm_value))
         if val_batches and (state.step == total or (t.eval_every and state.step % t.eval_every == 0)):
-            events.call("on_eval", state.step, evaluate(model, adapter, val_batches, device, t.bf16))
+            events.on_eval(state.step, evaluate(model, adapter, val_batches, device, t.bf16))
         if t.checkpoint_every and state.step % t.checkpoint_every == 0 and state.step < total:
-            _save(out_dir, adapter, routers, signals, optimizer, scheduler, state, config, events)
+            _save(out_dir, base_model, adapter, routers, signals, optimizer, scheduler, state, config, events)
         stopped = events.should_stop(state.step)
         if stopped is not None:
             if stopped in ("pause", "shutdown") and state.step < total:
-                _save(out_dir, adapter, routers, signals, optimizer, scheduler, state, config, events)
+                _save(out_dir, base_model, adapter, routers, signals, optimizer, scheduler, state, config, events)
             break
     stats = expert_stats(adapter, signals, state.step, config)
-    events.call("on_end", state.step, stats, stopped)
+    events.on_end(state.step, stats, stopped)
     return TrainResult(state.step, total, stopped, state.growth_events, adapter.ranks(), stats)
 
 
@@ -245,30 +254,9 @@ def _autocast(device: torch.device, bf16: bool):  # type: ignore[no-untyped-def]
     return nullcontext()
 
 
-class _Callbacks:
-    """Calls whichever callback methods each host implements."""
-
-    def __init__(self, callbacks: Sequence[object]) -> None:
-        self.callbacks = list(callbacks)
-
-    def call(self, name: str, *args: Any) -> None:
-        for cb in self.callbacks:
-            method = getattr(cb, name, None)
-            if method is not None:
-                method(*args)
-
-    def should_stop(self, step: int) -> StopReason | None:
-        for cb in self.callbacks:
-            method = getattr(cb, "should_stop", None)
-            reason = method(step) if method is not None else None
-            if reason is not None:
-                return reason  # type: ignore[no-any-return]
-        return None
-
-
-def _save(out_dir: Path, adapter: Adapter, routers: list[nn.Parameter], signals: Signals,
+def _save(out_dir: Path, base_model: str, adapter: Adapter, routers: list[nn.Parameter], signals: Signals,
           optimizer: torch.optim.Optimizer, scheduler: Any, state: _State, config: RunConfig,
-          events: _Callbacks) -> None:
+          events: TrainingCallback) -> None:
     adapter_tensors = dict(adapter.lora.state_dict())
     adapter_tensors.update({f"router.{i}": p.data for i, p in enumerate(routers)})
     signal_tensors = {"frequency": signals.frequency, "rng.cpu": torch.get_rng_state()}
@@ -281,9 +269,10 @@ def _save(out_dir: Path, adapter: Adapter, routers: list[nn.Parameter], signals:
         "trained_tokens": state.trained_tokens, "growth_events": [asdict(e) for e in state.growth_events],
         "ranks": adapter.ranks(), "scheduler": scheduler.state_dict(), "optimizer": opt_meta,
     }
-    path = ckpt.save_checkpoint(out_dir, state.step, ckpt.CheckpointData(
-        {"adapter": adapter_tensors, "signals": signal_tensors, "optimizer": opt_tensors}, meta))
-    events.call("on_checkpoint", state.step, path)
+    data = ckpt.CheckpointData({"adapter": adapter_tensors, "signals": signal_tensors, "optimizer": opt_tensors}, meta)
+    path = ckpt.save_checkpoint(out_dir, state.step, data, lambda folder: export_run_adapter(
+        adapter, folder, base_model=base_model, events=state.growth_events, config=config, step=state.step))
+    events.on_checkpoint(state.step, path)
 
 
 def _restore(data: ckpt.CheckpointData, adapter: Adapter, routers: list[nn.Parameter], signals: Signals,

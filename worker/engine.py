@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from drlora_core.callbacks import TrainingCallback
 from drlora_core.checkpoint import remove_partial_checkpoints
 from drlora_core.config import RANK_MULTIPLE, LoraConfig, RunConfig, TrainConfig
 from drlora_core.run import RunResult, train_run
@@ -72,6 +73,6 @@ def _link_tree(src: Path, dest: Path) -> None:
 
 
 def train(model_dir: Path, train_file: Path, out_dir: Path, config: RunConfig, val_file: Path | None,
-          callbacks: list[object]) -> RunResult:
+          callbacks: list[TrainingCallback]) -> RunResult:
     return train_run(str(model_dir), train_file, out_dir, config, val_file=val_file, callbacks=callbacks,
                      resume=True)

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from drlora_core.atomic import zip_dir_atomic
 from drlora_core.callbacks import ExpertStats, StepMetrics, StopReason
 from drlora_core.callbacks import GrowthEvent as EngineGrowthEvent
-from drlora_core.run import CHECKPOINT_ADAPTER
+from drlora_core.checkpoint import ADAPTER_DIR
 from service.events import add_event
 from service.ids import new_id, now
 from service.tables import Artifact, Checkpoint, ExpertStat, GrowthEvent, Job, Metric, RankSnapshot
@@ -111,7 +111,7 @@ class Recorder:
                          f"at step {step} is not published")
         artifact_rel = f"{self.claim.job_id}/attempt-{self.claim.attempt}/checkpoint-step-{step:06d}.zip"
         # the checkpoint's PEFT adapter (the engine writes it into every checkpoint): what `?checkpoint=` serves
-        sha256, size = zip_dir_atomic(path / CHECKPOINT_ADAPTER, self.artifact_root / artifact_rel)
+        sha256, size = zip_dir_atomic(path / ADAPTER_DIR, self.artifact_root / artifact_rel)
 
         def write(s: Session) -> None:
             s.execute(delete(Checkpoint).where(Checkpoint.job_id == self.claim.job_id, Checkpoint.step == step))

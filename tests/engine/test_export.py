@@ -1,8 +1,6 @@
 """The exported adapter loads with PEFT alone and reproduces the engine's logits; merging does too."""
 
 import json
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,12 +15,12 @@ IDS = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(11)
 
 @pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss",
                                     "granitemoe", "module_list"])
-def test_peft_round_trip_matches_engine_logits(family):
+def test_peft_round_trip_matches_engine_logits(family, tmp_path):
     from peft import PeftModel
 
     model, adapter = adapted(family)
     ours = logits(model, IDS)
-    out = Path(tempfile.mkdtemp()) / "adapter"
+    out = tmp_path / "adapter"
     export_peft(adapter, out, base_model=family)
     peft_model = PeftModel.from_pretrained(build_tiny(family), out)
     theirs = logits(peft_model, IDS)
@@ -32,11 +30,11 @@ def test_peft_round_trip_matches_engine_logits(family):
     assert {"r_init", "r_target", "r_max", "events"} <= document.keys()
 
 
-def test_padding_is_zero_and_scaling_is_folded():
+def test_padding_is_zero_and_scaling_is_folded(tmp_path):
     from safetensors.torch import load_file
 
     _, adapter = adapted("qwen3_moe")
-    out = Path(tempfile.mkdtemp()) / "adapter"
+    out = tmp_path / "adapter"
     export_peft(adapter, out, base_model="x")
     config = json.loads((out / "adapter_config.json").read_text())
     r_c = max(max(r) for r in adapter.ranks())
@@ -47,9 +45,9 @@ def test_padding_is_zero_and_scaling_is_folded():
         assert torch.count_nonzero(a[e, rank:]) == 0
 
 
-def test_module_list_export_uses_plain_target_modules():
+def test_module_list_export_uses_plain_target_modules(tmp_path):
     _, adapter = adapted("module_list")
-    out = Path(tempfile.mkdtemp()) / "adapter"
+    out = tmp_path / "adapter"
     export_peft(adapter, out, base_model="x")
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["target_parameters"] is None and "experts" in config["target_modules"]
@@ -64,7 +62,7 @@ def test_merged_weights_reproduce_the_adapter(family):
     assert torch.allclose(logits(model, IDS), ours, atol=1e-4, rtol=0)
 
 
-def test_trained_router_travels_as_modules_to_save():
+def test_trained_router_travels_as_modules_to_save(tmp_path):
     from peft import PeftModel
 
     model, adapter = adapted("mixtral")
@@ -72,14 +70,14 @@ def test_trained_router_travels_as_modules_to_save():
         for site in adapter.sites:
             site.router.weight.add_(torch.randn_like(site.router.weight))
     ours = logits(model, IDS)
-    out = Path(tempfile.mkdtemp()) / "adapter"
+    out = tmp_path / "adapter"
     export_peft(adapter, out, base_model="mixtral", routers=True)
     assert json.loads((out / "adapter_config.json").read_text())["modules_to_save"] == ["gate"]
     theirs = logits(PeftModel.from_pretrained(build_tiny("mixtral"), out), IDS)
     assert torch.allclose(theirs, ours, atol=1e-4, rtol=0)
 
 
-def test_model_eval_turns_the_lora_dropout_off():
+def test_model_eval_turns_the_lora_dropout_off(tmp_path):
     """The banks live beside the model; `model.eval()` alone must still switch their dropout off, or every
     evaluation and export comparison after training would be noisy."""
     from peft import PeftModel
@@ -96,7 +94,7 @@ def test_model_eval_turns_the_lora_dropout_off():
         model.eval()
         ours = logits(model, IDS)
         assert torch.equal(ours, logits(model, IDS))
-        out = Path(tempfile.mkdtemp()) / "adapter"
+        out = tmp_path / family / "adapter"
         export_peft(adapter, out, base_model=family)
         theirs = logits(PeftModel.from_pretrained(build_tiny(family), out), IDS)
         assert torch.allclose(theirs, ours, atol=1e-4, rtol=0), (theirs - ours).abs().max()

@@ -1,12 +1,12 @@
 """Growth schedule, budget, allocation and the function-preserving growth operation (DRLORA.md)."""
 
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 from drlora_core.adapter import attach
+from drlora_core.callbacks import Hooks
 from drlora_core.config import ConfigError, LoraConfig
 from drlora_core.data import BatchStream
 from drlora_core.growth import allocate, event_quota, grow, plan_growth, proportional_ranks
@@ -83,17 +83,17 @@ def test_growth_leaves_logits_unchanged_and_zeroes_moments(family):
             assert n == o or torch.count_nonzero(bank.lora_A[name][e, o:n]) > 0  # fresh, not zero
 
 
-def _train(method: str, family: str = "qwen3_moe", steps: int = 16):
+def _train(out: Path, method: str, family: str = "qwen3_moe", steps: int = 16):
     model = build_tiny(family)
     config = run_config(method, steps)
     adapter = attach(model, config.lora)
     stream = BatchStream(random_examples(), 4, 0, 0)
-    return train(model, adapter, stream, [], config, Path(tempfile.mkdtemp())), config
+    return train(model, adapter, stream, [], config, out, base_model=family), config
 
 
 @pytest.mark.parametrize("family", ["qwen3_moe", "olmoe", "module_list"])
-def test_dr_lora_ends_exactly_on_budget_and_heterogeneous(family):
-    result, config = _train("dr_lora", family)
+def test_dr_lora_ends_exactly_on_budget_and_heterogeneous(family, tmp_path):
+    result, config = _train(tmp_path, "dr_lora", family)
     for layer in result.ranks:
         assert sum(layer) == len(layer) * config.lora.r_target
         assert max(layer) <= config.lora.r_max and min(layer) >= config.lora.r_init
@@ -101,32 +101,29 @@ def test_dr_lora_ends_exactly_on_budget_and_heterogeneous(family):
     assert result.growth_events and all(e.new_rank > e.old_rank for e in result.growth_events)
 
 
-def test_lora_is_uniform_at_r_target_and_never_grows():
-    result, config = _train("lora")
+def test_lora_is_uniform_at_r_target_and_never_grows(tmp_path):
+    result, config = _train(tmp_path, "lora")
     assert result.ranks == [[config.lora.r_target] * 8] * 2 and not result.growth_events
 
 
-def test_static_keeps_the_same_budget_fixed_from_routing():
-    result, config = _train("static")
+def test_static_keeps_the_same_budget_fixed_from_routing(tmp_path):
+    result, config = _train(tmp_path, "static")
     for layer in result.ranks:
         assert sum(layer) == 8 * config.lora.r_target
         assert all(config.lora.r_init <= r <= config.lora.r_max for r in layer)
     assert not result.growth_events
 
 
-def test_router_is_frozen_in_warmup_and_trained_after_when_asked():
+def test_router_is_frozen_in_warmup_and_trained_after_when_asked(tmp_path):
     model = build_tiny("mixtral")
     config = run_config("dr_lora", 12, train_router=True)
     adapter = attach(model, config.lora)
     router = adapter.sites[0].router.weight
     start = router.detach().clone()
     seen = []
-
-    class Watch:
-        def on_step(self, m):
-            seen.append((m.step, torch.equal(router, start)))
-
-    train(model, adapter, BatchStream(random_examples(), 4, 0, 0), [], config, Path(tempfile.mkdtemp()), [Watch()])
+    watch = Hooks(step=lambda m: seen.append((m.step, torch.equal(router, start))))
+    train(model, adapter, BatchStream(random_examples(), 4, 0, 0), [], config, tmp_path, base_model="mixtral",
+          callbacks=[watch])
     assert seen[0] == (1, True)  # warmup is 2 steps (ceil 0.1 * 12): the first step leaves the router alone
     assert not seen[-1][1]  # after warmup it really is optimised
 

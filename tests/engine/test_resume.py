@@ -1,6 +1,6 @@
 """Resuming at step N/2 gives the same run as not stopping: adapter, ranks, EMAs, optimizer, RNG, data position."""
 
-import tempfile
+import json
 from pathlib import Path
 
 import pytest
@@ -8,18 +8,12 @@ import torch
 
 from drlora_core import checkpoint as ckpt
 from drlora_core.adapter import attach
+from drlora_core.callbacks import Hooks
 from drlora_core.data import BatchStream
+from drlora_core.export import RANKS_FILE
 from drlora_core.tiny import build_tiny
 from drlora_core.trainer import train
 from tests.support.engine import random_examples, run_config
-
-
-class PauseAt:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def should_stop(self, step: int):
-        return "pause" if step == self.step else None
 
 
 def _session(family: str, out: Path, pause_at: int, resume: bool):
@@ -27,12 +21,14 @@ def _session(family: str, out: Path, pause_at: int, resume: bool):
     config = run_config("dr_lora", 12)
     adapter = attach(model, config.lora)
     data = ckpt.load_checkpoint(ckpt.latest_checkpoint(out)) if resume else None
-    return train(model, adapter, BatchStream(random_examples(), 4, 0, 0), [], config, out, [PauseAt(pause_at)], data)
+    pause = Hooks(stop=lambda step: "pause" if step == pause_at else None)
+    return train(model, adapter, BatchStream(random_examples(), 4, 0, 0), [], config, out, base_model=family,
+                 callbacks=[pause], resume=data)
 
 
 @pytest.mark.parametrize("family", ["qwen3_moe", "module_list"])
-def test_resume_is_bitwise_equal_to_an_uninterrupted_run(family):
-    straight, split = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
+def test_resume_is_bitwise_equal_to_an_uninterrupted_run(family, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
     _session(family, straight, pause_at=10, resume=False)
     first = _session(family, split, pause_at=5, resume=False)
     assert first.step == 5 and first.stopped == "pause"
@@ -50,8 +46,8 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(family):
     assert a.meta["growth_events"], "the window must include growth events"
 
 
-def test_partial_checkpoint_is_ignored_and_removed():
-    out = Path(tempfile.mkdtemp())
+def test_partial_checkpoint_is_ignored_and_removed(tmp_path):
+    out = tmp_path
     _session("qwen3_moe", out, pause_at=5, resume=False)
     root = ckpt.checkpoint_dir(out)
     torn = root / "step-000009"
@@ -62,9 +58,34 @@ def test_partial_checkpoint_is_ignored_and_removed():
     assert not torn.exists() and not (root / ".step-000011.tmp").exists()
 
 
-def test_checkpoints_hold_no_pickle():
-    out = Path(tempfile.mkdtemp())
+def test_checkpoints_hold_no_pickle(tmp_path):
+    out = tmp_path
     _session("qwen3_moe", out, pause_at=4, resume=False)
-    files = sorted(p.name for p in (ckpt.checkpoint_dir(out) / "step-000004").iterdir())
-    assert files == ["COMPLETE", "adapter.safetensors", "optimizer.safetensors", "signals.safetensors",
+    folder = ckpt.checkpoint_dir(out) / "step-000004"
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == ["COMPLETE", "adapter", "adapter.safetensors", "optimizer.safetensors", "signals.safetensors",
                      "trainer.json"]
+    assert sorted(p.name for p in (folder / ckpt.ADAPTER_DIR).iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", RANKS_FILE]
+
+
+def test_a_checkpoint_whose_adapter_fails_is_never_complete(tmp_path):
+    """The adapter/ is part of the checkpoint: written before the marker, so a failure leaves no checkpoint."""
+
+    def fail(folder: Path) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_checkpoint(tmp_path, 3, ckpt.CheckpointData({"adapter": {"x": torch.zeros(1)}}, {}), fail)
+    assert ckpt.latest_checkpoint(tmp_path) is None
+
+
+def test_a_resumed_checkpoints_adapter_holds_the_whole_growth_history(tmp_path):
+    _session("qwen3_moe", tmp_path, pause_at=5, resume=False)
+    _session("qwen3_moe", tmp_path, pause_at=10, resume=True)
+    folder = ckpt.checkpoint_dir(tmp_path) / "step-000010"
+    history = json.loads((folder / "trainer.json").read_text())["growth_events"]
+    document = json.loads((folder / ckpt.ADAPTER_DIR / RANKS_FILE).read_text())
+    assert any(e["step"] <= 5 for e in history) and any(e["step"] > 5 for e in history)
+    assert document["events"] == history and document["steps"] == 10
+    assert document["base_model"] == "qwen3_moe"

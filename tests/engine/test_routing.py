@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from drlora_core.adapter import attach
 from drlora_core.activation_checkpointing import enable_activation_checkpointing
+from drlora_core.adapter import attach
 from drlora_core.tiny import FAMILIES, build_tiny
 from tests.support.engine import SMALL
 
