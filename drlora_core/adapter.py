@@ -39,10 +39,6 @@ class Adapter:
     hooks: list[Any] = field(default_factory=list)
 
     @property
-    def num_layers(self) -> int:
-        return len(self.sites)
-
-    @property
     def banks(self) -> list[LoraBank]:
         return list(self.lora)  # type: ignore[arg-type]
 
@@ -51,12 +47,6 @@ class Adapter:
 
     def bank(self, layer: int) -> LoraBank:
         return self.banks[layer]
-
-    def set_impl(self, impl: str) -> None:
-        if impl not in ("grouped", "loop"):
-            raise ValueError(f"experts implementation must be 'grouped' or 'loop', got {impl!r}")
-        for site in self.sites:
-            _link(site).impl = impl
 
     def detach(self) -> None:
         """Give the model back exactly as it was before `attach` (the banks stay with this object)."""
@@ -103,10 +93,6 @@ def attach(model: nn.Module, config: LoraConfig, ranks: list[list[int]] | None =
         if site.style == "module_list":
             adapter.hooks.extend(_hook_module_list(model, site, link))
     return adapter
-
-
-def _link(site: ExpertsSite) -> SiteRuntime:
-    return site.module.__dict__["_drlora"]  # type: ignore[no-any-return]
 
 
 def _hook_module_list(model: nn.Module, site: ExpertsSite, link: SiteRuntime) -> list[Any]:

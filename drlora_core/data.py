@@ -262,13 +262,6 @@ class BatchStream:
         start += self.batch_size
         return (epoch + 1, 0) if start >= len(self.examples) else (epoch, start)
 
-    def position_after(self, batches: int) -> tuple[int, int]:
-        """Where the stream stands after `batches` batches from (0, 0), e.g. to resume from a step count."""
-        if batches < 0:
-            raise ValueError(f"batches must be at least 0, got {batches}")
-        epoch, step = divmod(batches, self.steps_per_epoch)
-        return epoch, step * self.batch_size
-
     def _check(self, epoch: int, start: int) -> None:
         if epoch < 0:
             raise ValueError(f"epoch must be at least 0, got {epoch}")

@@ -91,21 +91,6 @@ def validate_jsonl(
     return DatasetSummary(format=fmt, lines=lines, bytes=len(data))
 
 
-def validate_jsonl_file(
-    path: str | os.PathLike[str],
-    *,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_lines: int = DEFAULT_MAX_LINES,
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-) -> DatasetSummary:
-    """Check a dataset file line by line; memory stays around `max_line_bytes` whatever the file size."""
-    limits = _Limits(max_bytes, max_lines, max_line_bytes)
-    size = Path(path).stat().st_size
-    with open(path, "rb") as f:
-        fmt, lines = _scan(f.readline, size, limits, keep=None)
-    return DatasetSummary(format=fmt, lines=lines, bytes=size)
-
-
 def read_records(
     path: str | os.PathLike[str],
     *,

@@ -14,7 +14,6 @@ from drlora_core.formats import (
     DatasetSummary,
     read_records,
     validate_jsonl,
-    validate_jsonl_file,
 )
 
 CHAT = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
@@ -270,18 +269,14 @@ def test_over_long_line() -> None:
 def test_file_variants_agree_with_bytes(tmp_path: Path) -> None:
     path = tmp_path / "train.jsonl"
     path.write_bytes(jsonl(PC, {"prompt": "", "completion": "x"}))
-    assert validate_jsonl_file(path) == validate_jsonl(path.read_bytes())
     fmt, records = read_records(path)
-    assert fmt == "prompt_completion"
+    assert fmt == validate_jsonl(path.read_bytes()).format == "prompt_completion"
     assert records == [PC, {"prompt": "", "completion": "x"}]
 
 
 def test_file_errors_name_the_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_bytes(jsonl(TEXT, TEXT) + b"oops\n")
-    with pytest.raises(DatasetError) as info:
-        validate_jsonl_file(path)
-    assert info.value.line == 3
     with pytest.raises(DatasetError) as info:
         read_records(path)
     assert info.value.line == 3
@@ -291,12 +286,12 @@ def test_file_limits(tmp_path: Path) -> None:
     path = tmp_path / "train.jsonl"
     path.write_bytes(jsonl(TEXT, TEXT, TEXT))
     with pytest.raises(DatasetError, match="max_bytes=10"):
-        validate_jsonl_file(path, max_bytes=10)
+        read_records(path, max_bytes=10)
     with pytest.raises(DatasetError, match="line 3: too many lines"):
         read_records(path, max_lines=2)
     path.write_bytes(b"")
     with pytest.raises(DatasetError, match="empty"):
-        validate_jsonl_file(path)
+        read_records(path)
 
 
 def test_formats_imports_only_the_standard_library() -> None:

@@ -23,7 +23,7 @@ def test_counts_equal_non_padding_tokens_times_k(family):
         model(input_ids=IDS, attention_mask=MASK)
     counts = adapter.routing.take_counts()
     expected = int(MASK.sum()) * TOP_K
-    assert counts.sum(dim=1).tolist() == [expected] * adapter.num_layers
+    assert counts.sum(dim=1).tolist() == [expected] * len(adapter.sites)
     assert adapter.routing.take_counts().sum() == 0  # taking resets
 
 
@@ -53,9 +53,9 @@ def test_gradient_checkpointing_counts_each_forward_once(family):
     with adapter.routing.training_forward(MASK):
         out = model(input_ids=IDS, attention_mask=MASK).logits
         out.float().pow(2).mean().backward()  # recomputes every layer inside the counting block
-    assert len(calls) == 2 * adapter.num_layers  # the experts really ran twice ...
+    assert len(calls) == 2 * len(adapter.sites)  # the experts really ran twice ...
     counts = adapter.routing.take_counts()
-    assert counts.sum(dim=1).tolist() == [int(MASK.sum()) * TOP_K] * adapter.num_layers  # ... but count once
+    assert counts.sum(dim=1).tolist() == [int(MASK.sum()) * TOP_K] * len(adapter.sites)  # ... but count once
 
 
 def test_weighted_counts_sum_to_routing_weight():

@@ -27,9 +27,10 @@ def randomise_b(adapter: Adapter, std: float = 0.3) -> None:
                 b.normal_(0.0, std)
 
 
-def adapted(family: str, config: LoraConfig = SMALL, random_b: bool = True) -> tuple[torch.nn.Module, Adapter]:
+def adapted(family: str, config: LoraConfig = SMALL, random_b: bool = True,
+            impl: str = "grouped") -> tuple[torch.nn.Module, Adapter]:
     model = build_tiny(family)
-    adapter = attach(model, config, ranks=hetero_ranks(model, config.r_max))
+    adapter = attach(model, config, ranks=hetero_ranks(model, config.r_max), impl=impl)
     if random_b:
         randomise_b(adapter)
     return model, adapter
