@@ -79,6 +79,7 @@ class PreparedRun:
 
 
 def prepare_run(model: str, train_file: Path, config: RunConfig, val_file: Path | None = None) -> PreparedRun:
+    """Seed, load the base model and the data, attach the adapter: everything before the first step."""
     t = config.train
     device = resolve_device(t.device)
     torch.manual_seed(t.seed)
@@ -95,6 +96,7 @@ def prepare_run(model: str, train_file: Path, config: RunConfig, val_file: Path 
 
 def train_prepared(run: PreparedRun, out_dir: Path, callbacks: Sequence[TrainingCallback] = (),
                    resume: ckpt.CheckpointData | None = None) -> TrainResult:
+    """Train a prepared run (from `resume` when given); the model stays adapted in memory afterwards."""
     return train(run.model, run.adapter, run.stream, run.val_batches, run.config, out_dir, base_model=run.base_model,
                  callbacks=callbacks, resume=resume, device=run.device)
 
