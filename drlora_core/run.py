@@ -69,7 +69,7 @@ def load_base(model: str, device: torch.device, bf16: bool = True) -> tuple[Any,
 
 def train_run(model: str, train_file: Path, out_dir: Path, config: RunConfig, val_file: Path | None = None,
               callbacks: Sequence[object] = (), resume: bool = True, merged: bool = False) -> RunResult:
-    config.validate()
+    config.require_resolved()
     t = config.train
     device = resolve_device(t.device)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,12 +79,13 @@ def train_run(model: str, train_file: Path, out_dir: Path, config: RunConfig, va
         raise ConfigError("config", f"{checkpoint} was written with a different configuration; use a new output "
                                     "directory, or the same settings to resume")
     torch.manual_seed(t.seed)
-    base, tokenizer, model_dir = load_base(model, device, t.bf16)
+    base, tokenizer, model_dir = load_base(model, device, t.bf16_on(device.type))
     examples = load_dataset(train_file, tokenizer, t.max_seq_len)
-    stream = BatchStream(examples, t.batch_size, t.seed, pad_token_id(tokenizer))
-    val_batches = _val_batches(val_file, tokenizer, t.max_seq_len, t.batch_size) if val_file else []
+    batch_size = t.schedule[1]
+    stream = BatchStream(examples, batch_size, t.seed, pad_token_id(tokenizer))
+    val_batches = _val_batches(val_file, tokenizer, t.max_seq_len, batch_size) if val_file else []
     adapter = attach(base, config.lora, impl=t.experts_impl)
-    if t.gradient_checkpointing and not enable_activation_checkpointing(base):
+    if t.gradient_checkpointing is True and not enable_activation_checkpointing(base):
         raise ConfigError("gradient_checkpointing", f"{type(base).__name__} does not support it; turn it off")
     if data is not None:
         log.info("resuming from %s", checkpoint)
