@@ -4,7 +4,7 @@ Standard library only: the API calls it at `create` (the job object shows what i
 it before training, so both doors resolve alike. The rules:
 
 - learning rate by model size: 1e-3 up to 50 M parameters, 2e-5 (the paper's) from 1 B, and in between the
-  geometric interpolation in the parameter count (about 1.4e-4 at 300 M).
+  geometric interpolation in the parameter count (about 1e-4 at 300 M).
 - ranks: the paper's r_init / r_target / r_max = 8 / 16 / 32 for real models, 2 / 4 / 8 for tiny ones (up to 50 M
   parameters); with some ranks given, the others follow: r_init = r_target / 2, r_max = 2 * r_target rounded up to
   the kernels' multiple (and r_target never above a given r_max). `lora` trains at r_target and reserves the next

@@ -9,28 +9,65 @@ builds it (`service.runconfig`). Unknown fields are refused (a typo must not sil
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic_core import CoreSchema, core_schema
 
-from drlora_core.config import Dtype, RunConfig
+from drlora_core.config import AUTO, Dtype, RunConfig
 
 DEFAULT = RunConfig()
 LORA, TRAIN = DEFAULT.lora, DEFAULT.train
 Auto = Literal["auto"]
-Rank = Annotated[int, Field(ge=1, le=1024)] | Auto
+
+
+@dataclass(frozen=True)
+class AutoOr:
+    """Annotated metadata: a number in [low, high] ((low, high] when `low_open`) or "auto". One validator for the
+    whole union, so an error names the field itself rather than a member of the union."""
+
+    kind: type[int] | type[float]
+    low: float
+    high: float
+    low_open: bool = False
+
+    def check(self, value: object) -> int | float | str:
+        if value == AUTO:
+            return AUTO
+        noun = "an integer" if self.kind is int else "a number"
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or (
+                self.kind is int and not float(value).is_integer()):
+            raise ValueError(f"must be {noun} or 'auto', got {value!r}")
+        number = self.kind(value)
+        if number > self.high or number < self.low or (self.low_open and number == self.low):
+            raise ValueError(f"must be {'above' if self.low_open else 'at least'} {self.low:g} and at most "
+                             f"{self.high:g} (or 'auto'), got {value!r}")
+        return number
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_plain_validator_function(self.check)
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        number = {"type": "integer" if self.kind is int else "number",
+                  "exclusiveMinimum" if self.low_open else "minimum": self.low, "maximum": self.high}
+        return {"anyOf": [number, {"const": AUTO, "type": "string"}]}
+
+
+Rank = Annotated[int | Auto, AutoOr(int, 1, 1024)]
 
 
 class TrainingHyperparameters(BaseModel):
     # A JSON number such as 1e999 parses to inf: refused, as a database cannot store it (and it cannot train).
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    n_epochs: Annotated[int, Field(ge=1, le=1000)] | Auto = Field(TRAIN.epochs)
+    n_epochs: Annotated[int | Auto, AutoOr(int, 1, 1000)] = Field(TRAIN.epochs)
     max_steps: int | None = Field(TRAIN.max_steps, ge=1, le=10_000_000,
                                   description="optimizer steps; overrides n_epochs")
-    batch_size: Annotated[int, Field(ge=1, le=4096)] | Auto = Field(TRAIN.batch_size)
+    batch_size: Annotated[int | Auto, AutoOr(int, 1, 4096)] = Field(TRAIN.batch_size)
     grad_accum: int = Field(TRAIN.grad_accum, ge=1, le=1024)
-    learning_rate: Annotated[float, Field(gt=0, le=1)] | Auto = Field(TRAIN.lr)
+    learning_rate: Annotated[float | Auto, AutoOr(float, 0, 1, low_open=True)] = Field(TRAIN.lr)
     weight_decay: float = Field(TRAIN.weight_decay, ge=0, le=1)
     warmup_ratio: float = Field(TRAIN.warmup_ratio, ge=0, lt=1)
     max_seq_len: int = Field(TRAIN.max_seq_len, ge=8, le=131_072)
@@ -49,7 +86,7 @@ class DrLoraHyperparameters(TrainingHyperparameters):
     r_init: Rank = Field(LORA.r_init)
     r_target: Rank = Field(LORA.r_target)
     r_max: Rank = Field(LORA.r_max, description="reserved rank; a multiple of the kernels' RANK_MULTIPLE")
-    growth_interval: Annotated[int, Field(ge=1)] | Auto = Field(LORA.growth_interval)
+    growth_interval: Annotated[int | Auto, AutoOr(int, 1, 10_000_000)] = Field(LORA.growth_interval)
     grow_frac: float = Field(LORA.grow_frac, gt=0, le=1)
     beta_f: float = Field(LORA.beta_f, ge=0, lt=1)
     beta_g: float = Field(LORA.beta_g, ge=0, lt=1)
