@@ -28,14 +28,21 @@ def register(subparsers: Any) -> None:
     steps.add_argument("--max-steps", type=int, default=train.max_steps,
                        help="optimizer steps; overrides --epochs (default: %(default)s)")
     steps.add_argument("--epochs", type=_int_or_auto, default=train.epochs,
-                       help="passes over the training data (default: %(default)s)")
-    p.add_argument("--batch-size", type=_int_or_auto, default=train.batch_size, help="(default: %(default)s)")
-    p.add_argument("--lr", type=_float_or_auto, default=train.lr, help="(default: %(default)s)")
-    p.add_argument("--r-init", type=_int_or_auto, default=lora.r_init, help="(default: %(default)s)")
-    p.add_argument("--r-target", type=_int_or_auto, default=lora.r_target, help="(default: %(default)s)")
-    p.add_argument("--r-max", type=_int_or_auto, default=lora.r_max, help="(default: %(default)s)")
+                       help="passes over the training data; auto: 3, more for small files, fewer for "
+                            "large ones (default: %(default)s)")
+    p.add_argument("--batch-size", type=_int_or_auto, default=train.batch_size,
+                   help="auto: ~0.2%% of the examples, 1 to 256 (default: %(default)s)")
+    p.add_argument("--lr", type=_float_or_auto, default=train.lr,
+                   help="auto: 1e-3 up to 50M parameters, falling to 2e-5 at 1B (default: %(default)s)")
+    p.add_argument("--r-init", type=_int_or_auto, default=lora.r_init,
+                   help="auto: r_target / 2 (default: %(default)s)")
+    p.add_argument("--r-target", type=_int_or_auto, default=lora.r_target,
+                   help="auto: 16, or 4 for models up to 50M parameters (default: %(default)s)")
+    p.add_argument("--r-max", type=_int_or_auto, default=lora.r_max,
+                   help="auto: 2 * r_target (lora: r_target), a multiple of 8 (default: %(default)s)")
     p.add_argument("--growth-interval", type=_int_or_auto, default=lora.growth_interval,
-                   help="optimizer steps between growth events (default: %(default)s)")
+                   help="optimizer steps between growth events; auto: the paper's 18 events over the run "
+                        "(default: %(default)s)")
     p.add_argument("--max-seq-len", type=int, default=train.max_seq_len, help="(default: %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=train.checkpoint_every,
                    help="optimizer steps between checkpoints; 0: only at the end (default: %(default)s)")

@@ -139,5 +139,5 @@ def _total_steps(train: TrainConfig, examples: int) -> int:
     """The trainer's step count (`trainer.total_steps_for`) for `examples` examples, one per line."""
     if train.max_steps is not None:
         return train.max_steps
-    epochs, batch_size, _ = train.schedule
-    return max(1, math.ceil(epochs * math.ceil(examples / batch_size) / train.grad_accum))
+    steps_per_epoch = math.ceil(examples / train.resolved_batch_size)
+    return max(1, math.ceil(train.resolved_epochs * steps_per_epoch / train.grad_accum))

@@ -154,13 +154,18 @@ class TrainConfig:
             raise ConfigError("experts_impl", f"must be 'grouped' or 'loop', got {self.experts_impl!r}")
 
     @property
-    def schedule(self) -> tuple[int, int, float]:
-        """(epochs, batch_size, lr) of a resolved configuration."""
-        lr = self.lr
-        if lr == AUTO:
+    def resolved_epochs(self) -> int:
+        return _resolved("epochs", self.epochs)
+
+    @property
+    def resolved_batch_size(self) -> int:
+        return _resolved("batch_size", self.batch_size)
+
+    @property
+    def resolved_lr(self) -> float:
+        if isinstance(self.lr, str):
             raise ConfigError("lr", "is still 'auto'; resolve the configuration with drlora_core.autoconfig.resolve")
-        assert not isinstance(lr, str)
-        return _resolved("epochs", self.epochs), _resolved("batch_size", self.batch_size), float(lr)
+        return float(self.lr)
 
     def bf16_on(self, device_type: str) -> bool:
         """Whether this run computes in bf16 on a device of this type ("auto": on CUDA only, as before)."""

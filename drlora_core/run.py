@@ -81,7 +81,7 @@ def train_run(model: str, train_file: Path, out_dir: Path, config: RunConfig, va
     torch.manual_seed(t.seed)
     base, tokenizer, model_dir = load_base(model, device, t.bf16_on(device.type))
     examples = load_dataset(train_file, tokenizer, t.max_seq_len)
-    batch_size = t.schedule[1]
+    batch_size = t.resolved_batch_size
     stream = BatchStream(examples, batch_size, t.seed, pad_token_id(tokenizer))
     val_batches = _val_batches(val_file, tokenizer, t.max_seq_len, batch_size) if val_file else []
     adapter = attach(base, config.lora, impl=t.experts_impl)

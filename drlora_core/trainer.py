@@ -54,7 +54,7 @@ def total_steps_for(config: RunConfig, steps_per_epoch: int) -> int:
     t = config.train
     if t.max_steps is not None:
         return t.max_steps
-    return max(1, math.ceil(t.schedule[0] * steps_per_epoch / t.grad_accum))
+    return max(1, math.ceil(t.resolved_epochs * steps_per_epoch / t.grad_accum))
 
 
 def adamw(params: Any, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
@@ -75,7 +75,7 @@ def train(model: nn.Module, adapter: Adapter, stream: BatchStream, val_batches: 
     banks = adapter.banks
     signals = Signals.zeros(banks, device)
     routers = _router_params(adapter) if t.train_router else []
-    optimizer = adamw([{"params": list(adapter.lora.parameters())}, {"params": routers}], t.schedule[2], t.weight_decay,
+    optimizer = adamw([{"params": list(adapter.lora.parameters())}, {"params": routers}], t.resolved_lr, t.weight_decay,
                       device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total))
     state = _State()

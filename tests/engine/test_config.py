@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import pytest
@@ -132,7 +133,7 @@ def test_learning_rate_falls_with_model_size_between_the_documented_ends() -> No
     sizes = [1_000_000, 50_000_000, 100_000_000, 300_000_000, 999_000_000, 1_000_000_000, 30_000_000_000]
     rates = [learning_rate(n) for n in sizes]
     assert rates[0] == rates[1] == 1e-3 and rates[-2] == rates[-1] == 2e-5 and learning_rate(None) == 2e-5
-    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False)) and 9e-5 < rates[3] < 1e-4
+    assert all(a >= b for a, b in itertools.pairwise(rates)) and 9e-5 < rates[3] < 1e-4
 
 
 def test_epochs_and_batch_follow_openais_rule() -> None:

@@ -58,8 +58,13 @@ def _help_defaults() -> dict[str, str]:
     out = io.StringIO()
     with redirect_stdout(out), pytest.raises(SystemExit):
         main(["train", "--help"])
-    text = " ".join(out.getvalue().partition("options:")[2].split())  # the flags' help, unwrapped
-    return dict(re.findall(r"--([a-z-]+)(?: [A-Z_{},a-z0-9-]+)? [^(]*?\(default: ([^)]*)\)", text))
+    blocks: dict[str, str] = {}
+    flag = ""
+    for line in out.getvalue().partition("options:")[2].splitlines():
+        if start := re.match(r"\s{2}(?:-\w, )?--([a-z-]+)", line):
+            flag = start.group(1)
+        blocks[flag] = blocks.get(flag, "") + " " + line.strip()  # argparse wraps an option's help over lines
+    return {flag: found.group(1) for flag, text in blocks.items() if (found := re.search(r"\(default: ([^)]*)\)", text))}
 
 
 def test_drlora_train_help_openapi_and_runconfig_agree(client: TestClient) -> None:
