@@ -86,7 +86,6 @@ def one_run(settings: QualitySettings, method: str, seed: int, profile: list[lis
                    r_max=settings.r_max, growth_interval=settings.growth_interval),
         TrainConfig(max_steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=seed,
                     device="cpu", max_seq_len=settings.max_seq_len))
-    config.validate()
     started = time.perf_counter()
     run = prepare_run(settings.model, settings.train_file, config, settings.val_file)
     val_losses: list[float] = []

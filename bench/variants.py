@@ -81,11 +81,12 @@ class GrowthDriver:
     def event(self, optimizer: torch.optim.Optimizer) -> None:
         c = self.config
         stats = expert_stats(self.adapter, self.signals, self.step, RunConfig(lora=c))
-        cap = max(1, math.ceil(c.grow_frac * (c.r_max - c.r_init)))
+        r_init, _, r_max = c.ranks
+        cap = max(1, math.ceil(c.grow_frac * (r_max - r_init)))
         for layer, bank in enumerate(self.adapter.banks):
             old = list(bank.rank_list)
             # one slice per expert on average: the paper's schedule adds N * 8 slices over ~18 events
-            new = allocate(stats.saliency[layer], old, bank.num_experts, cap, c.r_max)
+            new = allocate(stats.saliency[layer], old, bank.num_experts, cap, r_max)
             grow(bank, new, optimizer)
             bank.set_ranks(old)
         self.signals.reset_importance()

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-METHODS = ("dr_lora", "lora", "static")
+from drlora_core.config import METHODS
 
 
 def register(subparsers: Any) -> None:

@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from drlora_core.callbacks import ExpertStats, GrowthEvent, StepMetrics, StopReason
 
+from drlora_core.config import AUTO, DTYPES, METHODS, RunConfig
+
 SHADES = " .:-=+*#%@"
+DEFAULT = RunConfig()
 
 
 def register(subparsers: Any) -> None:
@@ -22,20 +25,36 @@ def register(subparsers: Any) -> None:
                                               "default: the demo dataset when --model is the demo")
     p.add_argument("--val", type=Path, help="validation JSONL (default: the demo validation set with the demo)")
     p.add_argument("--out", type=Path, required=True, help="output directory (checkpoints/, adapter/)")
-    p.add_argument("--method", choices=("dr_lora", "lora", "static"), default="dr_lora")
+    lora, train = DEFAULT.lora, DEFAULT.train
+    p.add_argument("--method", choices=METHODS, default=lora.method, help="(default: %(default)s)")
     steps = p.add_mutually_exclusive_group()
-    steps.add_argument("--max-steps", type=int, help="optimizer steps (default 150 unless --epochs is given)")
-    steps.add_argument("--epochs", type=int, help="passes over the training data")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--r-init", type=int, default=4)
-    p.add_argument("--r-target", type=int, default=8)
-    p.add_argument("--r-max", type=int, default=16)
-    p.add_argument("--growth-interval", type=int, default=20, help="optimizer steps between growth events")
-    p.add_argument("--max-seq-len", type=int, default=256)
-    p.add_argument("--checkpoint-every", type=int, default=0, help="optimizer steps between checkpoints (0: none)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    steps.add_argument("--max-steps", type=int, default=train.max_steps,
+                       help="optimizer steps; overrides --epochs (default: %(default)s)")
+    steps.add_argument("--epochs", type=_int_or_auto, default=train.epochs,
+                       help="passes over the training data; auto: 3, more for small files, fewer for "
+                            "large ones (default: %(default)s)")
+    p.add_argument("--batch-size", type=_int_or_auto, default=train.batch_size,
+                   help="auto: ~0.2%% of the examples, 1 to 256 (default: %(default)s)")
+    p.add_argument("--lr", type=_float_or_auto, default=train.lr,
+                   help="auto: 1e-3 up to 50M parameters, falling to 2e-5 at 1B (default: %(default)s)")
+    p.add_argument("--r-init", type=_int_or_auto, default=lora.r_init,
+                   help="auto: r_target / 2 (default: %(default)s)")
+    p.add_argument("--r-target", type=_int_or_auto, default=lora.r_target,
+                   help="auto: 16, or 4 for models up to 50M parameters (default: %(default)s)")
+    p.add_argument("--r-max", type=_int_or_auto, default=lora.r_max,
+                   help="auto: 2 * r_target (lora: r_target), a multiple of 8 (default: %(default)s)")
+    p.add_argument("--growth-interval", type=_int_or_auto, default=lora.growth_interval,
+                   help="optimizer steps between growth events; auto: the paper's 18 events over the run "
+                        "(default: %(default)s)")
+    p.add_argument("--max-seq-len", type=int, default=train.max_seq_len, help="(default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=train.checkpoint_every,
+                   help="optimizer steps between checkpoints; 0: only at the end (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=train.seed, help="(default: %(default)s)")
+    p.add_argument("--device", default=train.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--dtype", choices=DTYPES, default=train.dtype,
+                   help="auto: bf16 on CUDA, fp32 on the CPU (default: %(default)s)")
+    p.add_argument("--gradient-checkpointing", type=_bool_or_auto, default=train.gradient_checkpointing,
+                   help="activation checkpointing: true, false or auto (default: %(default)s)")
     p.add_argument("--merged", action="store_true", help="also write --out/merged: the base model with the "
                                                          "adapter merged into its weights")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
@@ -44,7 +63,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from drlora_core.assets import DEMO_MODEL_ID, demo_train_file, demo_val_file
-    from drlora_core.config import ConfigError, LoraConfig, RunConfig, TrainConfig
+    from drlora_core.config import ConfigError
     from drlora_core.formats import DatasetError
     from drlora_core.run import train_run
 
@@ -54,32 +73,64 @@ def run(args: argparse.Namespace) -> int:
             print("error: --train is required unless --model is drlora-demo-moe", file=sys.stderr)
             return 2
         train_file, val_file = demo_train_file(), val_file or demo_val_file()
-    config = RunConfig(
-        LoraConfig(method=args.method, r_init=args.r_init, r_target=args.r_target, r_max=args.r_max,
-                   growth_interval=args.growth_interval),
-        TrainConfig(max_steps=args.max_steps if args.epochs is None else None,
-                    epochs=args.epochs or 1, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                    device=args.device, max_seq_len=args.max_seq_len, checkpoint_every=args.checkpoint_every),
-    )
-    if args.max_steps is None and args.epochs is None:
-        config = RunConfig(config.lora, TrainConfig(**{**config.train.__dict__, "max_steps": 150}))
     progress = ProgressBar()
     try:
+        config = run_config(args, train_file)
+        print("settings: " + ", ".join(f"{k}={v}" for k, v in _shown(config).items()))
         result = train_run(args.model, train_file, args.out, config, val_file, [progress], not args.no_resume,
                            args.merged)
-    except (ConfigError, DatasetError, FileNotFoundError) as err:
+    except (ConfigError, DatasetError, OSError) as err:
         progress.close()
         print(f"error: {err}", file=sys.stderr)
         return 2
     progress.close()
     print(f"\n{result.status} at step {result.step}/{result.total_steps}; "
           f"{len(result.growth_events)} growth events")
-    print(rank_summary(result.ranks, config.lora.r_max))
+    print(rank_summary(result.ranks, config.lora.ranks[2]))
     if result.adapter_dir is not None:
         print(f"adapter: {result.adapter_dir}")
     if result.merged_dir is not None:
         print(f"merged model: {result.merged_dir}")
     return 0
+
+
+def run_config(args: argparse.Namespace, train_file: Path) -> RunConfig:
+    """The flags as a RunConfig, its "auto" values resolved from the model and the training file."""
+    from drlora_core.assets import resolve_model_dir
+    from drlora_core.autoconfig import RunFacts, parameter_count, resolve
+    from drlora_core.config import LoraConfig, TrainConfig
+
+    requested = RunConfig(
+        LoraConfig(method=args.method, r_init=args.r_init, r_target=args.r_target, r_max=args.r_max,
+                   growth_interval=args.growth_interval),
+        TrainConfig(max_steps=args.max_steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    seed=args.seed, device=args.device, dtype=args.dtype, max_seq_len=args.max_seq_len,
+                    checkpoint_every=args.checkpoint_every, gradient_checkpointing=args.gradient_checkpointing),
+    )
+    with open(train_file, "rb") as f:
+        examples = sum(1 for line in f if line.strip())
+    return resolve(requested, RunFacts(parameter_count(resolve_model_dir(args.model)), examples))
+
+
+def _shown(config: RunConfig) -> dict[str, Any]:
+    lora, train = config.lora, config.train
+    return {"method": lora.method, "ranks": "/".join(map(str, lora.ranks)), "growth_interval": lora.growth_interval,
+            "max_steps": train.max_steps, "epochs": train.epochs, "batch_size": train.batch_size, "lr": f"{train.lr:g}"}
+
+
+def _int_or_auto(raw: str) -> int | str:
+    return AUTO if raw == AUTO else int(raw)
+
+
+def _float_or_auto(raw: str) -> float | str:
+    return AUTO if raw == AUTO else float(raw)
+
+
+def _bool_or_auto(raw: str) -> bool | str:
+    choices: dict[str, bool | str] = {"true": True, "false": False, AUTO: AUTO}
+    if raw.lower() not in choices:
+        raise argparse.ArgumentTypeError(f"expected true, false or auto, got {raw!r}")
+    return choices[raw.lower()]
 
 
 class ProgressBar:

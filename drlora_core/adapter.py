@@ -63,12 +63,11 @@ def attach(model: nn.Module, config: LoraConfig, ranks: list[list[int]] | None =
            impl: str = "grouped") -> Adapter:
     """Freeze the model, give every routed expert a LoRA bank at `ranks`: by default r_target everywhere for
     `lora`, r_init for `dr_lora` (and for `static` until the trainer's profiling pass sets its ranks)."""
-    config.validate()
     sites = find_experts(model)
     if any(getattr(s.module, "_drlora", None) is not None for s in sites):
         raise ValueError("model already has DR-LoRA banks attached; detach the first adapter before attaching again")
     if ranks is None:
-        start = config.r_target if config.method == "lora" else config.r_init
+        start = config.ranks[1] if config.method == "lora" else config.ranks[0]
         ranks = [[start] * s.num_experts for s in sites]
     if [len(r) for r in ranks] != [s.num_experts for s in sites]:
         raise ValueError("rank map does not match the model's layers x experts")
@@ -79,7 +78,7 @@ def attach(model: nn.Module, config: LoraConfig, ranks: list[list[int]] | None =
     routing = RoutingState(torch.zeros(len(sites), num_experts, device=param.device),
                            weighted=config.weight_frequency_by_routing)
     lora = nn.ModuleList(
-        LoraBank(s.num_experts, s.projections, config.r_max, r, config.scaling, config.dropout)
+        LoraBank(s.num_experts, s.projections, config.ranks[2], r, config.scaling, config.dropout)
         for s, r in zip(sites, ranks, strict=True)).to(param.device)
     previous = None
     if any(s.style == "fused" for s in sites):

@@ -1,4 +1,10 @@
-"""Plain configuration records for a DR-LoRA run; JSON-serialisable so checkpoints carry their own config."""
+"""The run configuration: the one source of defaults and rank rules for every door (the API, `drlora train`, the
+worker and the engine). Standard library only, so the API process can import it without torch.
+
+Size-dependent settings default to "auto", as in OpenAI's API; `drlora_core.autoconfig.resolve` replaces them from
+the model's size and the dataset's length before a run starts. Each record validates itself on construction: an
+impossible value raises `ConfigError` naming the parameter and what would work.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Method = Literal["dr_lora", "lora", "static"]
-METHODS: tuple[str, ...] = ("dr_lora", "lora", "static")
+METHODS: tuple[Method, ...] = ("dr_lora", "lora", "static")
+Auto = Literal["auto"]
+AUTO: Auto = "auto"
+Dtype = Literal["auto", "bf16", "fp32"]
+DTYPES: tuple[Dtype, ...] = ("auto", "bf16", "fp32")
+# The grouped expert kernels need aligned rank strides: r_max is always a multiple of this.
 RANK_MULTIPLE = 8
 
 
@@ -19,15 +30,21 @@ class ConfigError(ValueError):
         self.param = param
 
 
+def aligned_rank(rank: int) -> int:
+    """The smallest multiple of RANK_MULTIPLE that holds `rank`."""
+    return -(-rank // RANK_MULTIPLE) * RANK_MULTIPLE
+
+
 @dataclass(frozen=True)
 class LoraConfig:
-    """The rank-growth method (DRLORA.md, 'Symbols and defaults')."""
+    """The rank-growth method (DRLORA.md, 'Symbols and defaults'). Ranks and the growth interval are "auto" until
+    resolved; for `lora`, r_init and r_max follow r_target (r_max the next multiple of RANK_MULTIPLE)."""
 
     method: Method = "dr_lora"
-    r_init: int = 8
-    r_target: int = 16
-    r_max: int = 32
-    growth_interval: int = 200
+    r_init: int | Auto = AUTO
+    r_target: int | Auto = AUTO
+    r_max: int | Auto = AUTO
+    growth_interval: int | Auto = AUTO
     grow_frac: float = 0.1
     beta_f: float = 0.9
     beta_g: float = 0.9
@@ -36,71 +53,123 @@ class LoraConfig:
     dropout: float = 0.1
     weight_frequency_by_routing: bool = False
 
-    @property
-    def scaling(self) -> float:
-        alpha = self.alpha if self.alpha is not None else 2.0 * self.r_max
-        return alpha / self.r_max
-
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError("method", f"must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.r_init < 1:
-            raise ConfigError("r_init", f"must be at least 1, got {self.r_init}")
-        if not self.r_init <= self.r_target <= self.r_max:
-            raise ConfigError(
-                "r_target",
-                f"ranks must satisfy r_init <= r_target <= r_max, got {self.r_init} <= {self.r_target} <= "
-                f"{self.r_max}; raise r_max or lower r_init",
-            )
-        if self.r_max % RANK_MULTIPLE:
-            raise ConfigError("r_max", f"must be a multiple of {RANK_MULTIPLE} (grouped GEMM kernels need aligned "
-                                       f"rank strides), got {self.r_max}; try {-(-self.r_max // 8) * 8}")
-        if self.growth_interval < 1:
-            raise ConfigError("growth_interval", f"must be at least 1, got {self.growth_interval}")
+        if self.method == "lora" and isinstance(self.r_target, int):
+            # One rank for every expert: nothing grows, and the kernels reserve the aligned rank.
+            if self.r_init == AUTO:
+                object.__setattr__(self, "r_init", self.r_target)
+            if self.r_max == AUTO:
+                object.__setattr__(self, "r_max", aligned_rank(self.r_target))
+        for name in ("r_init", "r_target", "r_max", "growth_interval"):
+            _check_int_or_auto(name, getattr(self, name), minimum=1)
+        self._check_ranks()
         if not 0.0 < self.grow_frac <= 1.0:
             raise ConfigError("grow_frac", f"must be in (0, 1], got {self.grow_frac}")
         for name in ("beta_f", "beta_g"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ConfigError(name, f"must be in [0, 1), got {value}")
+        if self.alpha is not None and not self.alpha > 0:
+            raise ConfigError("alpha", f"must be positive (or unset for 2 * r_max), got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout}")
+
+    def _check_ranks(self) -> None:
+        if isinstance(self.r_max, int) and self.r_max % RANK_MULTIPLE:
+            raise ConfigError("r_max", f"must be a multiple of {RANK_MULTIPLE} (the grouped expert kernels need "
+                                       f"aligned ranks), got {self.r_max}; try {aligned_rank(self.r_max)}")
+        r_init, r_target, r_max = self.r_init, self.r_target, self.r_max
+        if isinstance(r_init, int) and isinstance(r_target, int) and r_init > r_target:
+            raise ConfigError("r_init", f"ranks must satisfy r_init <= r_target <= r_max, got r_init {r_init} > "
+                                        f"r_target {r_target}; lower r_init or raise r_target")
+        if isinstance(r_target, int) and isinstance(r_max, int) and r_target > r_max:
+            raise ConfigError("r_max", f"ranks must satisfy r_init <= r_target <= r_max, got r_target {r_target} > "
+                                       f"r_max {r_max}; raise r_max to {aligned_rank(r_target)} or more")
+
+    @property
+    def ranks(self) -> tuple[int, int, int]:
+        """(r_init, r_target, r_max) of a resolved configuration."""
+        return _resolved("r_init", self.r_init), _resolved("r_target", self.r_target), _resolved("r_max", self.r_max)
+
+    @property
+    def interval(self) -> int:
+        """The resolved growth interval."""
+        return _resolved("growth_interval", self.growth_interval)
+
+    @property
+    def scaling(self) -> float:
+        r_max = self.ranks[2]
+        alpha = self.alpha if self.alpha is not None else 2.0 * r_max
+        return alpha / r_max
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and data settings of one run."""
+    """Optimisation and data settings of one run. `epochs`, `batch_size`, `lr` and `gradient_checkpointing` are
+    "auto" until resolved; `dtype` "auto" is decided on the device: bf16 on CUDA, fp32 elsewhere."""
 
     max_steps: int | None = None  # optimizer steps; None means epochs * steps per epoch
-    epochs: int = 1
-    batch_size: int = 8
+    epochs: int | Auto = AUTO
+    batch_size: int | Auto = AUTO
     grad_accum: int = 1
-    lr: float = 2e-5
+    lr: float | Auto = AUTO
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     max_grad_norm: float = 1.0
     max_seq_len: int = 512
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    bf16: bool = True  # autocast on CUDA only
-    gradient_checkpointing: bool = False
+    dtype: Dtype = "auto"
+    gradient_checkpointing: bool | Auto = AUTO
     train_router: bool = False  # after warmup; the router is always frozen during warmup
     checkpoint_every: int = 0  # optimizer steps; 0 = only at the end
     eval_every: int = 0  # optimizer steps; 0 = only at the end
     experts_impl: Literal["grouped", "loop"] = "grouped"
 
-    def validate(self) -> None:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                    "max_seq_len": self.max_seq_len}
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(name, f"must be at least 1, got {value}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError("max_steps", f"must be at least 1, got {self.max_steps}")
-        if self.lr <= 0:
-            raise ConfigError("lr", f"must be positive, got {self.lr}")
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            _check_int_or_auto(name, getattr(self, name), minimum=1)
+        for name in ("grad_accum", "max_seq_len"):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("seed", "checkpoint_every", "eval_every"):
+            _check_int(name, getattr(self, name), minimum=0)
+        if self.max_steps is not None:
+            _check_int("max_steps", self.max_steps, minimum=1)
+        if self.lr != AUTO and (isinstance(self.lr, bool) or not isinstance(self.lr, int | float) or self.lr <= 0):
+            raise ConfigError("lr", f"must be a positive number or 'auto', got {self.lr!r}")
+        if not 0.0 <= self.weight_decay <= 1.0:
+            raise ConfigError("weight_decay", f"must be in [0, 1], got {self.weight_decay}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        if not self.max_grad_norm > 0:
+            raise ConfigError("max_grad_norm", f"must be positive, got {self.max_grad_norm}")
+        if self.dtype not in DTYPES:
+            raise ConfigError("dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.gradient_checkpointing not in (True, False, AUTO):
+            raise ConfigError("gradient_checkpointing",
+                              f"must be true, false or 'auto', got {self.gradient_checkpointing!r}")
+        if self.experts_impl not in ("grouped", "loop"):
+            raise ConfigError("experts_impl", f"must be 'grouped' or 'loop', got {self.experts_impl!r}")
+
+    @property
+    def resolved_epochs(self) -> int:
+        return _resolved("epochs", self.epochs)
+
+    @property
+    def resolved_batch_size(self) -> int:
+        return _resolved("batch_size", self.batch_size)
+
+    @property
+    def resolved_lr(self) -> float:
+        if isinstance(self.lr, str):
+            raise ConfigError("lr", "is still 'auto'; resolve the configuration with drlora_core.autoconfig.resolve")
+        return float(self.lr)
+
+    def bf16_on(self, device_type: str) -> bool:
+        """Whether this run computes in bf16 on a device of this type ("auto": on CUDA only, as before)."""
+        return self.dtype == "bf16" or (self.dtype == "auto" and device_type == "cuda")
 
 
 @dataclass(frozen=True)
@@ -110,9 +179,20 @@ class RunConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def validate(self) -> None:
-        self.lora.validate()
-        self.train.validate()
+    def unresolved(self) -> list[str]:
+        """The settings still "auto" that `autoconfig.resolve` must decide before the engine can run."""
+        decided_on_device = ("device", "dtype")
+        unused = ("epochs",) if self.train.max_steps is not None else ()
+        return [f.name for part in (self.lora, self.train) for f in dataclasses.fields(part)
+                if getattr(part, f.name) == AUTO and f.name not in decided_on_device + unused]
+
+    def require_resolved(self) -> None:
+        if names := self.unresolved():
+            raise ConfigError(names[0], f"{', '.join(names)} are still 'auto'; resolve them with "
+                                        "drlora_core.autoconfig.resolve (the API and `drlora train` do) or set them")
+
+    def on_device(self, device: str) -> RunConfig:
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, device=device))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -120,3 +200,20 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         return cls(lora=LoraConfig(**data["lora"]), train=TrainConfig(**data["train"]))
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(name, f"must be an integer of at least {minimum}, got {value!r}")
+
+
+def _check_int_or_auto(name: str, value: object, minimum: int) -> None:
+    if value != AUTO:
+        _check_int(name, value, minimum)
+
+
+def _resolved(name: str, value: int | Auto) -> int:
+    if value == AUTO:
+        raise ConfigError(name, "is still 'auto'; resolve the configuration with drlora_core.autoconfig.resolve")
+    assert isinstance(value, int)
+    return value

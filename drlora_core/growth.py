@@ -29,12 +29,13 @@ class Plan:
 def plan_growth(config: LoraConfig, total_steps: int, warmup_steps: int) -> Plan:
     """Events at start, start + T, ... <= total - T, with start = end of warmup; refuses a plan that cannot
     reach the budget."""
-    if config.method != "dr_lora" or config.r_target == config.r_init:
+    r_init, r_target, r_max = config.ranks
+    if config.method != "dr_lora" or r_target == r_init:
         return Plan((), 0)
     start = max(warmup_steps, 1)
-    steps = tuple(range(start, total_steps - config.growth_interval + 1, config.growth_interval))
-    cap = max(1, math.ceil(config.grow_frac * (config.r_max - config.r_init)))
-    per_expert = config.r_target - config.r_init
+    steps = tuple(range(start, total_steps - config.interval + 1, config.interval))
+    cap = max(1, math.ceil(config.grow_frac * (r_max - r_init)))
+    per_expert = r_target - r_init
     if len(steps) * cap < per_expert:
         needed = math.ceil(per_expert / cap)
         raise ConfigError(

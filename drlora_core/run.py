@@ -80,15 +80,17 @@ class PreparedRun:
 
 def prepare_run(model: str, train_file: Path, config: RunConfig, val_file: Path | None = None) -> PreparedRun:
     """Seed, load the base model and the data, attach the adapter: everything before the first step."""
+    config.require_resolved()
     t = config.train
     device = resolve_device(t.device)
     torch.manual_seed(t.seed)
-    base, tokenizer, model_dir = load_base(model, device, t.bf16)
+    base, tokenizer, model_dir = load_base(model, device, t.bf16_on(device.type))
     examples = load_dataset(train_file, tokenizer, t.max_seq_len)
-    stream = BatchStream(examples, t.batch_size, t.seed, pad_token_id(tokenizer))
-    val = load_batches(val_file, tokenizer, t.max_seq_len, t.batch_size) if val_file else []
+    batch_size = t.resolved_batch_size
+    stream = BatchStream(examples, batch_size, t.seed, pad_token_id(tokenizer))
+    val = load_batches(val_file, tokenizer, t.max_seq_len, batch_size) if val_file else []
     adapter = attach(base, config.lora, impl=t.experts_impl)
-    if t.gradient_checkpointing and not enable_activation_checkpointing(base):
+    if t.gradient_checkpointing is True and not enable_activation_checkpointing(base):
         raise ConfigError("gradient_checkpointing", f"{type(base).__name__} does not support it; turn it off")
     base_name = DEMO_MODEL_ID if model == DEMO_MODEL_ID else str(model_dir)
     return PreparedRun(config, base, tokenizer, base_name, adapter, stream, val, device)
@@ -103,7 +105,7 @@ def train_prepared(run: PreparedRun, out_dir: Path, callbacks: Sequence[Training
 
 def train_run(model: str, train_file: Path, out_dir: Path, config: RunConfig, val_file: Path | None = None,
               callbacks: Sequence[TrainingCallback] = (), resume: bool = True, merged: bool = False) -> RunResult:
-    config.validate()
+    config.require_resolved()
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = ckpt.latest_checkpoint(out_dir) if resume else None
     data = ckpt.load_checkpoint(checkpoint) if checkpoint else None

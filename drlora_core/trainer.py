@@ -60,7 +60,9 @@ class _State:
 
 def total_steps_for(config: RunConfig, steps_per_epoch: int) -> int:
     t = config.train
-    return t.max_steps if t.max_steps is not None else max(1, math.ceil(t.epochs * steps_per_epoch / t.grad_accum))
+    if t.max_steps is not None:
+        return t.max_steps
+    return max(1, math.ceil(t.resolved_epochs * steps_per_epoch / t.grad_accum))
 
 
 def adamw(params: Any, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
@@ -82,7 +84,7 @@ def train(model: nn.Module, adapter: Adapter, stream: BatchStream, val_batches: 
     banks = adapter.banks
     signals = Signals.zeros(banks, device)
     routers = _router_params(adapter) if t.train_router else []
-    optimizer = adamw([{"params": list(adapter.lora.parameters())}, {"params": routers}], t.lr, t.weight_decay,
+    optimizer = adamw([{"params": list(adapter.lora.parameters())}, {"params": routers}], t.resolved_lr, t.weight_decay,
                       device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total))
     state = _State()
@@ -102,7 +104,7 @@ def train(model: nn.Module, adapter: Adapter, stream: BatchStream, val_batches: 
         loss_sum = torch.zeros((), device=device)
         for batch in batches:
             batch = _to_device(batch, device)
-            with adapter.routing.training_forward(batch["attention_mask"]), _autocast(device, t.bf16):
+            with adapter.routing.training_forward(batch["attention_mask"]), _autocast(device, t.bf16_on(device.type)):
                 loss = token_loss(model, batch, reduction="sum") / max(label_tokens, 1)
             loss.backward()
             loss_sum += loss.detach()
@@ -127,7 +129,7 @@ def train(model: nn.Module, adapter: Adapter, stream: BatchStream, val_batches: 
         events.on_step(StepMetrics(state.step, total, loss_value, float(scheduler.get_last_lr()[0]), tokens / elapsed,
                                   state.trained_tokens, norm_value))
         if val_batches and (state.step == total or (t.eval_every and state.step % t.eval_every == 0)):
-            events.on_eval(state.step, evaluate(model, adapter, val_batches, device, t.bf16))
+            events.on_eval(state.step, evaluate(model, adapter, val_batches, device, t.bf16_on(device.type)))
         if t.checkpoint_every and state.step % t.checkpoint_every == 0 and state.step < total:
             _save(out_dir, base_model, adapter, routers, signals, optimizer, scheduler, state, config, events)
         stopped = events.should_stop(state.step)
@@ -182,8 +184,8 @@ def _growth_event(adapter: Adapter, signals: Signals, plan: Plan, step: int, opt
     grown: list[GrowthEvent] = []
     for layer, bank in enumerate(adapter.banks):
         old = list(bank.rank_list)
-        quota = event_quota(old, config.lora.r_target, events_left)
-        new = allocate(stats.saliency[layer], old, quota, plan.cap, config.lora.r_max)
+        quota = event_quota(old, config.lora.ranks[1], events_left)
+        new = allocate(stats.saliency[layer], old, quota, plan.cap, config.lora.ranks[2])
         grow(bank, new, optimizer)
         grown.extend(GrowthEvent(step, layer, e, old[e], new[e], stats.saliency[layer][e],
                                  stats.frequency[layer][e], stats.importance[layer][e])
@@ -201,13 +203,14 @@ def _set_static_ranks(model: nn.Module, adapter: Adapter, stream: BatchStream, c
     steps = min(stream.steps_per_epoch, 64)
     for index in range(steps):
         batch = _to_device(stream.batch_at(0, index * stream.batch_size), device)
-        with adapter.routing.training_forward(batch["attention_mask"]), _autocast(device, config.train.bf16):
+        with adapter.routing.training_forward(batch["attention_mask"]), _autocast(device, config.train.bf16_on(device.type)):
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
     counts = adapter.routing.take_counts().cpu()
     lora = config.lora
     for layer, bank in enumerate(adapter.banks):
         n = bank.num_experts
-        ranks = proportional_ranks(counts[layer, :n].tolist(), n * lora.r_target, lora.r_init, lora.r_max)
+        r_init, r_target, r_max = lora.ranks
+        ranks = proportional_ranks(counts[layer, :n].tolist(), n * r_target, r_init, r_max)
         bank.set_ranks(ranks)
 
 

@@ -68,7 +68,8 @@ class Job(Base):
     training_file: Mapped[str] = mapped_column(String(40))
     validation_file: Mapped[str | None] = mapped_column(String(40))
     method: Mapped[str] = mapped_column(String(20))
-    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)  # resolved, under the API's names
+    run_config: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # RunConfig.to_dict(); what the worker runs
     seed: Mapped[int] = mapped_column(Integer)
     suffix: Mapped[str | None] = mapped_column(String(64))
     meta: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)

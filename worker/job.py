@@ -19,18 +19,18 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from drlora_core.atomic import zip_dir_atomic
-from drlora_core.config import ConfigError
-from drlora_core.run import RunResult
+from drlora_core.config import ConfigError, RunConfig
+from drlora_core.run import RunResult, train_run
 from service.events import add_event
 from service.ids import new_id, now
 from service.jobs import fine_tuned_model_name
 from service.settings import Settings
 from service.storage import StorageError, verified_path
 from service.tables import Artifact, Checkpoint, File, Job, RegisteredModel
-from worker import engine
 from worker.lease import Claim, Fenced, Heartbeat, claim
 from worker.recorder import Recorder
 from worker.retry import write_fenced
+from worker.training import attempt_dir
 
 log = logging.getLogger("drlora.worker")
 
@@ -79,11 +79,11 @@ def _train_and_finish(owned: Claim, heartbeat: Heartbeat, factory: sessionmaker[
     with factory() as session:
         job = session.get_one(Job, owned.job_id)
         inputs = _inputs(session, job, settings)
-        config = engine.run_config(job.method, job.hyperparameters, job.seed, settings.device)
-    out_dir = engine.attempt_dir(settings.runs_root, owned.job_id, owned.attempt, inputs.resume_from)
+        config = RunConfig.from_dict(job.run_config or {}).on_device(settings.device)
+    out_dir = attempt_dir(settings.runs_root, owned.job_id, owned.attempt, inputs.resume_from)
     recorder = Recorder(factory, owned, heartbeat, runs_root=settings.runs_root, artifact_root=settings.artifact_root,
                         time_limit_s=settings.job_time_limit_s)
-    result = engine.train(inputs.model_dir, inputs.train_file, out_dir, config, inputs.val_file, [recorder])
+    result = train_run(str(inputs.model_dir), inputs.train_file, out_dir, config, inputs.val_file, [recorder])
     if heartbeat.fenced or heartbeat.out_of_lease():
         raise Fenced(f"attempt {owned.attempt} of job {owned.job_id} lost its lease while training")
     if result.status == "completed":

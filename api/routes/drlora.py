@@ -20,9 +20,13 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["dr-lora"])
 
 
 def _rank_bounds(job: Job) -> tuple[int, int, int]:
-    hp = job.hyperparameters
-    r_target = int(hp["r_target"])
-    return int(hp.get("r_init", r_target)), r_target, int(hp.get("r_max", r_target))
+    """The ranks the engine runs with (stored at create; for `lora`, r_max is the reserved aligned rank)."""
+    if job.run_config is None:  # a job created before run configurations were stored
+        hp = job.hyperparameters
+        r_target = int(hp["r_target"])
+        return int(hp.get("r_init", r_target)), r_target, int(hp.get("r_max", r_target))
+    lora = job.run_config["lora"]
+    return int(lora["r_init"]), int(lora["r_target"]), int(lora["r_max"])
 
 
 @router.get("/{fine_tuning_job_id}/ranks", response_model=RanksPublic)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
@@ -21,6 +22,7 @@ from service import quota
 from service.errors import InvalidRequest, Unprocessable
 from service.events import add_event
 from service.ids import new_id, now
+from service.runconfig import build_run_config, hyperparameters_view
 from service.settings import Settings
 from service.sweep import dispatch
 from service.tables import File, Job, RegisteredModel, Tenant
@@ -42,7 +44,7 @@ def _replay(session: Session, tenant: Tenant, key: str, request_hash: str) -> Jo
     return job
 
 
-def _check_file(session: Session, tenant: Tenant, file_id: str, param: str) -> None:
+def _check_file(session: Session, tenant: Tenant, file_id: str, param: str) -> File:
     row = session.get(File, file_id)
     if row is None or row.tenant_id != tenant.id:
         raise InvalidRequest(f"no file with id {file_id!r}; upload it with POST /v1/files", param=param,
@@ -50,23 +52,28 @@ def _check_file(session: Session, tenant: Tenant, file_id: str, param: str) -> N
     if row.purpose != "fine-tune":
         raise InvalidRequest(f"file {file_id!r} has purpose {row.purpose!r}, not 'fine-tune'", param=param,
                              code="invalid_file_purpose")
+    return row
 
 
 def _new_job(session: Session, tenant: Tenant, body: JobCreate, settings: Settings) -> Job:
-    if session.get(RegisteredModel, body.model) is None:
+    model = session.get(RegisteredModel, body.model)
+    if model is None:
         raise InvalidRequest(f"model {body.model!r} is not available; GET /v1/models lists the base models",
                              param="model", code="model_not_found")
-    _check_file(session, tenant, body.training_file, "training_file")
+    training_file = _check_file(session, tenant, body.training_file, "training_file")
     if body.validation_file:
         _check_file(session, tenant, body.validation_file, "validation_file")
     method = body.method or DrLoraMethod(type="dr_lora")
-    hyperparameters = getattr(method, method.type).hyperparameters.model_dump()
-    if hyperparameters["checkpoint_every"] is None:
-        hyperparameters["checkpoint_every"] = settings.default_checkpoint_every
+    requested = getattr(method, method.type).hyperparameters.model_dump()
+    if requested["checkpoint_every"] is None:
+        requested["checkpoint_every"] = settings.default_checkpoint_every
+    seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+    config = build_run_config(method.type, requested, seed, Path(model.path), training_file.lines)
     return Job(
         id=new_id("ftjob"), tenant_id=tenant.id, model=body.model, training_file=body.training_file,
-        validation_file=body.validation_file, method=method.type, hyperparameters=hyperparameters,
-        seed=body.seed if body.seed is not None else secrets.randbelow(2**31), suffix=body.suffix,
+        validation_file=body.validation_file, method=method.type,
+        hyperparameters=hyperparameters_view(config, requested), run_config=config.to_dict(), seed=seed,
+        suffix=body.suffix,
         meta=body.metadata, status="queued", step=0, created_at=now(), attempt=0, lost_attempts=0,
         max_attempts=settings.max_attempts,
     )

@@ -1,80 +1,106 @@
 """Hyperparameters of the three methods; each method nests its own under its key, as OpenAI's `supervised` does.
 
-Unknown fields are refused (a typo must not silently train with a default). The training fields are shared; the
-rank fields differ: `dr_lora` grows ranks from `r_init` towards an average of `r_target` (never above `r_max`),
-`lora` trains every expert at `r_target` (any value: the worker reserves the next multiple of 8), `static` fixes ranks in [r_init, r_max] from routing frequency before
-training, averaging `r_target`.
+Every default comes from `drlora_core.config.RunConfig()`, so this document, `drlora train --help` and the engine
+agree by construction. Size-dependent values default to "auto" (resolved at create from the model and the file; the
+job object shows what was chosen). The bounds here only cap what a request may ask for; whether values fit together
+(r_init <= r_target <= r_max, r_max a multiple of RANK_MULTIPLE) is decided by RunConfig itself when the service
+builds it (`service.runconfig`). Unknown fields are refused (a typo must not silently train with a default).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-# The engine's grouped kernels need r_max to be a multiple of this (drlora_core.config.RANK_MULTIPLE, which the API
-# may not import; a service test pins the two equal).
-RANK_MULTIPLE = 8
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic_core import CoreSchema, core_schema
+
+from drlora_core.config import AUTO, Dtype, RunConfig
+
+DEFAULT = RunConfig()
+LORA, TRAIN = DEFAULT.lora, DEFAULT.train
+Auto = Literal["auto"]
+
+
+@dataclass(frozen=True)
+class AutoOr:
+    """Annotated metadata: a number in [low, high] ((low, high] when `low_open`) or "auto". One validator for the
+    whole union, so an error names the field itself rather than a member of the union."""
+
+    kind: type[int] | type[float]
+    low: float
+    high: float
+    low_open: bool = False
+
+    def check(self, value: object) -> int | float | str:
+        if value == AUTO:
+            return AUTO
+        noun = "an integer" if self.kind is int else "a number"
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or (
+                self.kind is int and not float(value).is_integer()):
+            raise ValueError(f"must be {noun} or 'auto', got {value!r}")
+        number = self.kind(value)
+        if number > self.high or number < self.low or (self.low_open and number == self.low):
+            raise ValueError(f"must be {'above' if self.low_open else 'at least'} {self.low:g} and at most "
+                             f"{self.high:g} (or 'auto'), got {value!r}")
+        return number
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_plain_validator_function(self.check)
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        number = {"type": "integer" if self.kind is int else "number",
+                  "exclusiveMinimum" if self.low_open else "minimum": self.low, "maximum": self.high}
+        return {"anyOf": [number, {"const": AUTO, "type": "string"}]}
+
+
+Rank = Annotated[int | Auto, AutoOr(int, 1, 1024)]
 
 
 class TrainingHyperparameters(BaseModel):
     # A JSON number such as 1e999 parses to inf: refused, as a database cannot store it (and it cannot train).
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    n_epochs: int = Field(1, ge=1, le=1000)
-    max_steps: int | None = Field(None, ge=1, le=10_000_000, description="optimizer steps; overrides n_epochs")
-    batch_size: int = Field(8, ge=1, le=4096)
-    grad_accum: int = Field(1, ge=1, le=1024)
-    learning_rate: float = Field(2e-5, gt=0, le=1)
-    weight_decay: float = Field(0.0, ge=0, le=1)
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    max_seq_len: int = Field(512, ge=8, le=131_072)
-    train_router: bool = False
-    dropout: float = Field(0.1, ge=0, lt=1)
-    alpha: float | None = Field(None, gt=0, description="LoRA alpha; default 2 * r_max")
-    checkpoint_every: int | None = Field(None, ge=0, description="steps between checkpoints; 0 = only at the end")
-    eval_every: int = Field(0, ge=0)
+    n_epochs: Annotated[int | Auto, AutoOr(int, 1, 1000)] = Field(TRAIN.epochs)
+    max_steps: int | None = Field(TRAIN.max_steps, ge=1, le=10_000_000,
+                                  description="optimizer steps; overrides n_epochs")
+    batch_size: Annotated[int | Auto, AutoOr(int, 1, 4096)] = Field(TRAIN.batch_size)
+    grad_accum: int = Field(TRAIN.grad_accum, ge=1, le=1024)
+    learning_rate: Annotated[float | Auto, AutoOr(float, 0, 1, low_open=True)] = Field(TRAIN.lr)
+    weight_decay: float = Field(TRAIN.weight_decay, ge=0, le=1)
+    warmup_ratio: float = Field(TRAIN.warmup_ratio, ge=0, lt=1)
+    max_seq_len: int = Field(TRAIN.max_seq_len, ge=8, le=131_072)
+    train_router: bool = TRAIN.train_router
+    dropout: float = Field(LORA.dropout, ge=0, lt=1)
+    alpha: float | None = Field(LORA.alpha, gt=0, description="LoRA alpha; default 2 * r_max")
+    checkpoint_every: int | None = Field(None, ge=0, description="steps between checkpoints; 0 = only at the end; "
+                                                                 "default: the deployment's setting")
+    eval_every: int = Field(TRAIN.eval_every, ge=0)
+    dtype: Dtype = Field(TRAIN.dtype, description="auto: bf16 on CUDA, fp32 on the CPU")
+    gradient_checkpointing: bool | Auto = Field(TRAIN.gradient_checkpointing,
+                                                description="activation checkpointing; auto: off for now")
 
 
 class DrLoraHyperparameters(TrainingHyperparameters):
-    r_init: int = Field(8, ge=1, le=1024)
-    r_target: int = Field(16, ge=1, le=1024)
-    r_max: int = Field(32, ge=1, le=1024, validate_default=True)
-    growth_interval: int = Field(200, ge=1)
-    grow_frac: float = Field(0.1, gt=0, le=1)
-    beta_f: float = Field(0.9, ge=0, lt=1)
-    beta_g: float = Field(0.9, ge=0, lt=1)
-    gamma: float = Field(1.2, ge=0, le=10)
-
-    @field_validator("r_max")
-    @classmethod
-    def _ranks_ordered(cls, r_max: int, info: ValidationInfo) -> int:
-        return _check_ranks(info.data.get("r_init"), info.data.get("r_target"), r_max)
+    r_init: Rank = Field(LORA.r_init)
+    r_target: Rank = Field(LORA.r_target)
+    r_max: Rank = Field(LORA.r_max, description="reserved rank; a multiple of the kernels' RANK_MULTIPLE")
+    growth_interval: Annotated[int | Auto, AutoOr(int, 1, 10_000_000)] = Field(LORA.growth_interval)
+    grow_frac: float = Field(LORA.grow_frac, gt=0, le=1)
+    beta_f: float = Field(LORA.beta_f, ge=0, lt=1)
+    beta_g: float = Field(LORA.beta_g, ge=0, lt=1)
+    gamma: float = Field(LORA.gamma, ge=0, le=10)
 
 
 class StaticHyperparameters(TrainingHyperparameters):
-    r_init: int = Field(8, ge=1, le=1024)
-    r_target: int = Field(16, ge=1, le=1024)
-    r_max: int = Field(32, ge=1, le=1024, validate_default=True)
-    beta_f: float = Field(0.9, ge=0, lt=1)
-
-    @field_validator("r_max")
-    @classmethod
-    def _ranks_ordered(cls, r_max: int, info: ValidationInfo) -> int:
-        return _check_ranks(info.data.get("r_init"), info.data.get("r_target"), r_max)
+    r_init: Rank = Field(LORA.r_init)
+    r_target: Rank = Field(LORA.r_target)
+    r_max: Rank = Field(LORA.r_max, description="reserved rank; a multiple of the kernels' RANK_MULTIPLE")
+    beta_f: float = Field(LORA.beta_f, ge=0, lt=1)
 
 
 class LoraHyperparameters(TrainingHyperparameters):
-    r_target: int = Field(16, ge=1, le=1024)
+    """One rank for every expert; the worker reserves the next multiple of RANK_MULTIPLE."""
 
-
-def _check_ranks(r_init: int | None, r_target: int | None, r_max: int) -> int:
-    if r_init is None or r_target is None:  # already refused on their own
-        return r_max
-    if r_max % RANK_MULTIPLE:
-        raise ValueError(f"r_max must be a multiple of {RANK_MULTIPLE} (the grouped expert kernels need aligned "
-                         f"ranks), got {r_max}; try {-(-r_max // RANK_MULTIPLE) * RANK_MULTIPLE}")
-    if not r_init <= r_target <= r_max:
-        raise ValueError(
-            f"ranks must satisfy r_init <= r_target <= r_max, got {r_init} <= {r_target} <= {r_max}; "
-            "raise r_max or lower r_init"
-        )
-    return r_max
+    r_target: Rank = Field(LORA.r_target)

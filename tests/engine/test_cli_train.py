@@ -11,7 +11,7 @@ from drlora_cli.train_cmd import rank_summary
 @pytest.mark.slow
 def test_demo_run_with_defaults_ends_with_a_heterogeneous_budgeted_rank_map(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--model", "drlora-demo-moe", "--out", str(out), "--device", "cpu"]) == 0
+    assert main(["train", "--model", "drlora-demo-moe", "--out", str(out), "--device", "cpu", "--max-steps", "150"]) == 0
     printed = capsys.readouterr().out
     assert "completed at step 150/150" in printed and "rank map" in printed
     document = json.loads((out / "adapter" / "drlora_ranks.json").read_text())

@@ -178,7 +178,11 @@ def test_create_job_defaults_and_shape(client: TestClient, make_key) -> None:
     assert job["object"] == "fine_tuning.job" and job["id"].startswith("ftjob-")
     assert job["status"] == "queued" and job["method"]["type"] == "dr_lora"
     hp = job["method"]["dr_lora"]["hyperparameters"]
-    assert (hp["r_init"], hp["r_target"], hp["r_max"], hp["growth_interval"]) == (8, 16, 32, 200)
+    # The paper's ranks for a model of unknown size; the growth interval resolved for this short file (the paper's
+    # T = 200 at its own scale is pinned in tests/engine/test_config.py).
+    assert (hp["r_init"], hp["r_target"], hp["r_max"]) == (8, 16, 32)
+    assert isinstance(hp["growth_interval"], int)
+    assert [k for k, v in hp.items() if v == "auto"] == ["dtype"]  # only what the worker's device decides
     assert job["progress"] == {"step": 0, "total_steps": None} and job["metadata"] == {"team": "a"}
     for internal in ("attempt", "tenant_id", "lease_expires_at", "worker_id", "idempotency_key"):
         assert internal not in job
@@ -195,7 +199,7 @@ def test_create_job_defaults_and_shape(client: TestClient, make_key) -> None:
     ({"status": "succeeded"}, 422, "status"),
     ({"attempt": 3}, 422, "attempt"),
     ({"method": {"type": "dr_lora", "dr_lora": {"hyperparameters": {"r_init": 16, "r_target": 8}}}}, 422,
-     "method.dr_lora.hyperparameters.r_max"),
+     "method.dr_lora.hyperparameters.r_init"),
     ({"method": {"type": "dr_lora", "dr_lora": {"hyperparameters": {"lr": 0.1}}}}, 422,
      "method.dr_lora.hyperparameters.lr"),
     ({"method": {"type": "dr_lora", "dr_lora": {"hyperparameters": {"batch_size": 0}}}}, 422,
@@ -277,10 +281,3 @@ def test_openapi_document_is_complete(client: TestClient) -> None:
     assert expected <= present
     assert "HTTPBearer" in doc["components"]["securitySchemes"]
     assert "ErrorPublic" in doc["components"]["schemas"]
-
-
-def test_the_api_knows_the_engine_rank_multiple() -> None:
-    from api.schemas.hyperparameters import RANK_MULTIPLE
-    from drlora_core.config import RANK_MULTIPLE as ENGINE_RANK_MULTIPLE
-
-    assert RANK_MULTIPLE == ENGINE_RANK_MULTIPLE

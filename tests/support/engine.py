@@ -73,5 +73,6 @@ def run_config(method: str = "dr_lora", steps: int = 16, **train: object):
     from drlora_core.config import LoraConfig, RunConfig, TrainConfig
 
     lora = LoraConfig(method=method, r_init=2, r_target=4, r_max=8, growth_interval=3, dropout=0.1)  # type: ignore[arg-type]
+    settings = {"gradient_checkpointing": False, **train}
     return RunConfig(lora, TrainConfig(max_steps=steps, batch_size=4, lr=5e-3, warmup_ratio=0.1, seed=0,
-                                       **train))  # type: ignore[arg-type]
+                                       **settings))  # type: ignore[arg-type]
