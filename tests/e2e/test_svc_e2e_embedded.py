@@ -21,9 +21,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.service import REPO, Api, Process, demo_paths, dr_lora, free_port, loads_torch, wait_until
+from tests.support.service import (
+    HANG_GUARD_S,
+    REPO,
+    STALL_FLOOR_S,
+    Api,
+    Process,
+    demo_paths,
+    dr_lora,
+    free_port,
+    loads_torch,
+    wait_until,
+)
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(HANG_GUARD_S)]
 
 DOC = REPO / "docs" / "service.md"
 
@@ -76,7 +87,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             return False
 
     try:
-        wait_until(ready, 90, what="drlora serve to answer /readyz")
+        wait_until(ready, STALL_FLOOR_S, what="drlora serve to answer /readyz")
         key = (home / ".drlora" / "api_key").read_text().strip()
         log = proc.output()
         assert url in log and key in log  # the URL and the key are printed on first start
@@ -89,7 +100,7 @@ def test_curl_walkthrough_works_as_written(served: Served) -> None:
     script = doc_block("walkthrough").replace("127.0.0.1:8000", served.url.removeprefix("http://"))
     cwd = served.workdir("curl")
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=served.env(),
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     job = served.jobs()[0]
     assert job["status"] == "succeeded", job
@@ -110,7 +121,7 @@ def test_curl_walkthrough_works_as_written(served: Served) -> None:
 def test_openai_sdk_snippet_works_as_written(served: Served) -> None:
     env = {**served.env(), "DRLORA_BASE_URL": served.url, "DRLORA_API_KEY": served.key}
     result = subprocess.run([sys.executable, "-c", doc_block("sdk")], cwd=served.workdir("sdk"), env=env,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded ft:drlora-demo-moe:sdk:" in result.stdout
     assert "layer 0: [" in result.stdout
@@ -121,7 +132,7 @@ def test_client_commands(served: Served, tmp_path: Path) -> None:
 
     def drlora(*args: str) -> str:
         result = subprocess.run([sys.executable, "-m", "drlora_cli.main", *args], env=env, capture_output=True,
-                                text=True, timeout=240)
+                                text=True, timeout=HANG_GUARD_S)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         return result.stdout
 
@@ -159,7 +170,7 @@ def test_events_metrics_ranks_and_checkpoints_are_visible_while_it_runs(served: 
 def test_a_dead_worker_is_restarted(served: Served) -> None:
     (first,) = served.proc.children()
     os.kill(first, signal.SIGKILL)
-    wait_until(lambda: served.proc.children() not in ([], [first]), 30, what="a new worker process")
+    wait_until(lambda: served.proc.children() not in ([], [first]), STALL_FLOOR_S, what="a new worker process")
 
 
 def test_ctrl_c_stops_serve_and_its_worker(served: Served) -> None:
