@@ -31,6 +31,7 @@ from tests.support.service import (
     dr_lora,
     free_port,
     loads_torch,
+    wait_ready,
     wait_until,
 )
 
@@ -78,16 +79,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     proc = Process([sys.executable, "-m", "drlora_cli.main", "serve", "--port", str(port)], env, home / "serve.log",
                    cwd=home)
     url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert proc.proc.poll() is None, f"drlora serve exited:\n{proc.output()}"
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_until(ready, STALL_FLOOR_S, what="drlora serve to answer /readyz")
+        wait_ready(proc, url)
         key = (home / ".drlora" / "api_key").read_text().strip()
         log = proc.output()
         assert url in log and key in log  # the URL and the key are printed on first start

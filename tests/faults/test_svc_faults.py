@@ -66,7 +66,7 @@ def test_a_frozen_worker_past_its_lease_is_fenced_when_it_wakes(cluster: Cluster
     cluster.api.wait_step(job_id, 4)
     frozen.send(signal.SIGSTOP)
     try:
-        # The lease (4 s) runs out, the sweep requeues the job and a second worker takes attempt 2.
+        # The lease runs out, the sweep requeues the job and a second worker takes attempt 2.
         cluster.worker()
         cluster.wait(job_id, lambda: cluster.row(job_id).attempt == 2, "attempt 2 to start")
     finally:

@@ -28,8 +28,11 @@ from service.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
-# A fast test profile: heartbeats every 0.5 s, a 4 s lease, a sweep every second.
-FAST = dict(heartbeat_interval_s=0.5, lease_s=4.0, sweep_interval_s=1.0, redispatch_after_s=3.0,
+# A fast test profile: heartbeats every 0.5 s, a 10 s lease, a sweep every second. The lease is 20 heartbeats: on a
+# machine shared with other work a live worker's heartbeat thread can wait seconds for the CPU (a 4 s lease lost
+# live workers at a load of 5 per core), and the server ends a worker session idle in a transaction for half a
+# lease, so a lease much shorter than this fails correct code on a loaded CI machine.
+FAST = dict(heartbeat_interval_s=0.5, lease_s=10.0, sweep_interval_s=1.0, redispatch_after_s=3.0,
             default_checkpoint_every=2, device="cpu", log_level="warning")
 
 
@@ -201,18 +204,21 @@ class Process:
         return self.log.read_text(errors="replace")[-6000:]
 
 
-def start_api(settings: Settings, port: int, log: Path) -> Process:
-    proc = Process([sys.executable, "-m", "drlora_cli.main", "api", "--port", str(port)], settings_env(settings), log)
-    url = f"http://127.0.0.1:{port}"
-
+def wait_ready(proc: Process, url: str) -> None:
+    """Until the server `proc` started answers `/readyz`; fails at once if it exits."""
     def ready() -> bool:
-        assert proc.proc.poll() is None, f"API exited:\n{proc.output()}"
+        assert proc.proc.poll() is None, f"{proc.proc.args!r} exited:\n{proc.output()}"
         try:
             return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
-    wait_until(ready, STALL_FLOOR_S, what="the API to answer /readyz")
+    wait_until(ready, STALL_FLOOR_S, what=f"{url} to answer /readyz")
+
+
+def start_api(settings: Settings, port: int, log: Path) -> Process:
+    proc = Process([sys.executable, "-m", "drlora_cli.main", "api", "--port", str(port)], settings_env(settings), log)
+    wait_ready(proc, f"http://127.0.0.1:{port}")
     return proc
 
 
@@ -354,7 +360,10 @@ class Cluster:
                 newest = s.scalar(select(func.max(JobEvent.id)).where(JobEvent.job_id == job_id))
                 progress = (row.status, row.attempt, row.step, row.heartbeat_at, newest,
                             tuple(w.log.stat().st_size for w in self.workers))
-            return until(), progress, row.step
+            done = until()
+            assert done or row.status not in ("failed", "cancelled"), (
+                f"{job_id} ended {row.status} while waiting for {what}: {row.error}")
+            return done, progress, row.step
 
         return wait_progress(observe, self.api.pace, f"{job_id}: {what}")
 
