@@ -145,19 +145,19 @@ def test_client_commands(served: Served, tmp_path: Path) -> None:
 
 
 def test_events_metrics_ranks_and_checkpoints_are_visible_while_it_runs(served: Served) -> None:
-    api = Api(served.url, served.key)
-    with open(demo_paths()[1], "rb") as f:
-        file_id = api.http.post("/v1/files", files={"file": ("train.jsonl", f)}, data={"purpose": "fine-tune"}).json()["id"]
-    job_id = api.post("/v1/fine_tuning/jobs", {"model": "drlora-demo-moe", "training_file": file_id,
-                                               "method": dr_lora(max_steps=10, checkpoint_every=2)}).json()["id"]
-    running = api.wait_step(job_id, 3)
-    assert running["status"] == "running"
-    path = f"/v1/fine_tuning/jobs/{job_id}"
-    assert any(e["type"] == "metrics" for e in api.get(f"{path}/events", limit=100).json()["data"])
-    assert len(api.get(f"{path}/metrics").json()["data"]) >= 3
-    assert api.get(f"{path}/ranks").json()["ranks"]
-    assert api.get(f"{path}/checkpoints").json()["data"][0]["step_number"] >= 2
-    assert api.wait_status(job_id, ("succeeded",))["fine_tuned_model"]
+    with Api(served.url, served.key) as api:
+        with open(demo_paths()[1], "rb") as f:
+            file_id = api.http.post("/v1/files", files={"file": ("train.jsonl", f)}, data={"purpose": "fine-tune"}).json()["id"]
+        job_id = api.post("/v1/fine_tuning/jobs", {"model": "drlora-demo-moe", "training_file": file_id,
+                                                   "method": dr_lora(max_steps=10, checkpoint_every=2)}).json()["id"]
+        running = api.wait_step(job_id, 3)
+        assert running["status"] == "running"
+        path = f"/v1/fine_tuning/jobs/{job_id}"
+        assert any(e["type"] == "metrics" for e in api.get(f"{path}/events", limit=100).json()["data"])
+        assert len(api.get(f"{path}/metrics").json()["data"]) >= 3
+        assert api.get(f"{path}/ranks").json()["ranks"]
+        assert api.get(f"{path}/checkpoints").json()["data"][0]["step_number"] >= 2
+        assert api.wait_status(job_id, ("succeeded",))["fine_tuned_model"]
 
 
 def test_a_dead_worker_is_restarted(served: Served) -> None:

@@ -81,6 +81,7 @@ def service(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactor
         yield svc
     finally:
         svc.engine.dispose()
+        svc.api.close()
         worker.stop()
         api.stop()
 
@@ -126,6 +127,7 @@ def finished_job(service: Service, tmp_path_factory: pytest.TempPathFactory) -> 
     assert final.status == "succeeded" and final.fine_tuned_model == f"ft:drlora-demo-moe:e2e:{job.id}"
     assert final.trained_tokens and final.trained_tokens > 0
     assert final.fine_tuned_model in [m.id for m in client.models.list().data]
+    client.close()
     return {"id": job.id, "file_id": train.id, "job": done, "checkpoint_id": checkpoints[-1].id}
 
 
@@ -175,23 +177,23 @@ def test_openai_sdk_flow_and_adapter_loads_with_peft(service: Service, finished_
 
 
 def test_a_second_tenant_gets_404_everywhere(service: Service, finished_job: dict[str, Any]) -> None:
-    other = Api(service.url, new_key(service.settings, "e2e-intruder").key)
-    job_id, file_id = finished_job["id"], finished_job["file_id"]
-    job_paths = ["", "/events", "/checkpoints", "/ranks", "/experts", "/metrics", "/adapter"]
-    for tail in job_paths:
-        mine, unknown = other.get(f"/v1/fine_tuning/jobs/{job_id}{tail}"), other.get(f"/v1/fine_tuning/jobs/ftjob-0{tail}")
-        assert mine.status_code == unknown.status_code == 404, tail
-        assert mine.json()["error"]["type"] == unknown.json()["error"]["type"] == "not_found_error"
-    for action in ("cancel", "pause", "resume"):
-        assert other.post(f"/v1/fine_tuning/jobs/{job_id}/{action}").status_code == 404
-    for path in (f"/v1/files/{file_id}", f"/v1/files/{file_id}/content"):
-        assert other.get(path).status_code == 404
-    assert other.http.delete(f"/v1/files/{file_id}").status_code == 404
-    assert other.get("/v1/fine_tuning/jobs").json()["data"] == []
-    assert other.get("/v1/files").json()["data"] == []
-    assert other.get(f"/v1/models/{finished_job['job']['fine_tuned_model']}").status_code == 404
-    r = other.post("/v1/fine_tuning/jobs", {"model": "drlora-demo-moe", "training_file": file_id})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "training_file"
+    with Api(service.url, new_key(service.settings, "e2e-intruder").key) as other:
+        job_id, file_id = finished_job["id"], finished_job["file_id"]
+        job_paths = ["", "/events", "/checkpoints", "/ranks", "/experts", "/metrics", "/adapter"]
+        for tail in job_paths:
+            mine, unknown = other.get(f"/v1/fine_tuning/jobs/{job_id}{tail}"), other.get(f"/v1/fine_tuning/jobs/ftjob-0{tail}")
+            assert mine.status_code == unknown.status_code == 404, tail
+            assert mine.json()["error"]["type"] == unknown.json()["error"]["type"] == "not_found_error"
+        for action in ("cancel", "pause", "resume"):
+            assert other.post(f"/v1/fine_tuning/jobs/{job_id}/{action}").status_code == 404
+        for path in (f"/v1/files/{file_id}", f"/v1/files/{file_id}/content"):
+            assert other.get(path).status_code == 404
+        assert other.http.delete(f"/v1/files/{file_id}").status_code == 404
+        assert other.get("/v1/fine_tuning/jobs").json()["data"] == []
+        assert other.get("/v1/files").json()["data"] == []
+        assert other.get(f"/v1/models/{finished_job['job']['fine_tuned_model']}").status_code == 404
+        r = other.post("/v1/fine_tuning/jobs", {"model": "drlora-demo-moe", "training_file": file_id})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "training_file"
     assert service.api.job(job_id)["status"] == "succeeded"  # untouched
 
 

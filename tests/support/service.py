@@ -250,6 +250,16 @@ class Api:
         self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
         self.pace = Pace()
 
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pooled connections (left open, they surface as a ResourceWarning in some later test)."""
+        self.http.close()
+
     def get(self, path: str, **params: Any) -> httpx.Response:
         return self.http.get(path, params=params)
 
@@ -374,6 +384,7 @@ class Cluster:
     def close(self) -> None:
         for proc in self.workers:
             proc.stop(signal.SIGKILL)
+        self.api.close()
         self.api_proc.stop()
         self.engine.dispose()
 
