@@ -62,6 +62,7 @@ def test_dr_lora_executes_the_flops_of_lora_at_its_compute_rank(quick_result: di
         assert executed == analytic, model["model"]
 
 
+@pytest.mark.slow  # a benchmark run (tens of seconds on 2 cores); CI runs it
 def test_bench_speed_cli_writes_markdown_and_json(tmp_path, capsys) -> None:
     from drlora_cli.main import main
 
