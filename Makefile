@@ -32,4 +32,4 @@ test: install lint services
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test-fast: install lint services
-	$(BIN)/pytest -q -p no:cacheprovider -m "not slow"
+	$(BIN)/pytest -q -p no:cacheprovider -m "not slow" --durations=15

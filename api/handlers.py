@@ -8,9 +8,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
+from service.db import is_unreachable
 from service.errors import ServiceError
 
 log = logging.getLogger("drlora.api")
@@ -58,7 +59,7 @@ def _database_error(request: Request, exc: Exception) -> JSONResponse:
     """The database could not be reached (restart, failover, cut connections): a retryable 503, not a 500. The
     pool checks connections before use, so requests succeed again as soon as the server is back."""
     assert isinstance(exc, DBAPIError)
-    if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
+    if not is_unreachable(exc):
         return _unexpected(request, exc)
     log.warning("database unavailable: %s", str(exc.orig).strip().splitlines()[0] if exc.orig else exc)
     return error_response(503, "the database is unavailable; retry shortly", "service_unavailable",

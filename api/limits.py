@@ -10,13 +10,26 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.handlers import error_response
+from service.errors import PayloadTooLarge
 
+# The multipart framing around the file (boundaries, part headers, the purpose field) on top of the file's own cap.
 MULTIPART_MARGIN = 64 * 1024
+
+
+def too_large(cap: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the upload is over the {cap} byte limit", param="file", code="file_too_large")
+
+
+def refuse_over_cap(size: int, cap: int) -> None:
+    """The file itself (framing excluded) against the cap, once the middleware has bounded the whole request."""
+    if size > cap:
+        raise too_large(cap)
 
 
 class UploadLimit:
     def __init__(self, app: ASGIApp, max_bytes: int, paths: tuple[str, ...] = ("/v1/files",)) -> None:
-        self.app, self.limit, self.paths = app, max_bytes + MULTIPART_MARGIN, paths
+        self.app, self.cap, self.paths = app, max_bytes, paths
+        self.limit = max_bytes + MULTIPART_MARGIN
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
@@ -53,7 +66,7 @@ class UploadLimit:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, f"the upload is over the {self.limit - MULTIPART_MARGIN} byte limit",
-                                  "invalid_request_error", param="file", code="file_too_large",
-                                  headers={"Connection": "close"})
+        refusal = too_large(self.cap)
+        response = error_response(refusal.status_code, refusal.message, refusal.type, param=refusal.param,
+                                  code=refusal.code, headers={"Connection": "close"})
         await response(scope, receive, send)

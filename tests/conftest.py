@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from tests.support.service import make_settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-warnings.filterwarnings("ignore", message=".*RoPE scaling factor.*")
 
 
 def pytest_configure(config):

@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db import is_unreachable
 from worker.lease import Claim, Fenced, Heartbeat, fenced
 
 log = logging.getLogger("drlora.worker")
@@ -27,12 +28,6 @@ BACKOFF_S = (0.1, 0.2, 0.5, 1.0)
 
 class LeaseLost(Fenced):
     """The database stayed unreachable for longer than the lease: another worker may own the job by now."""
-
-
-def unreachable(error: BaseException) -> bool:
-    """Whether the error says the database could not be reached (as opposed to refusing the statement)."""
-    return isinstance(error, DBAPIError) and (
-        error.connection_invalidated or isinstance(error, OperationalError | InterfaceError))
 
 
 def write_fenced(factory: sessionmaker[Session], claim: Claim, heartbeat: Heartbeat,
@@ -48,7 +43,7 @@ def write_fenced(factory: sessionmaker[Session], claim: Claim, heartbeat: Heartb
             with fenced(factory, claim) as session:
                 return write(session)
         except DBAPIError as e:
-            if not unreachable(e):
+            if not is_unreachable(e):
                 raise
             first_failure = first_failure if first_failure is not None else time.monotonic()
             if time.monotonic() - first_failure > heartbeat.lease_s and not heartbeat.out_of_lease():

@@ -10,11 +10,12 @@ from sqlalchemy import select
 
 from api.deps import CurrentTenant, SessionDep, SettingsDep
 from api.downloads import verified_download
+from api.limits import refuse_over_cap
 from api.owned import get_owned_file
 from api.schemas.files import FileDeleted, FilePublic, FilesPublic
 from drlora_core.atomic import write_atomic
 from drlora_core.formats import DatasetError, validate_jsonl
-from service.errors import InvalidRequest, PayloadTooLarge, Unprocessable
+from service.errors import InvalidRequest, Unprocessable
 from service.ids import new_id, now
 from service.tables import File
 
@@ -29,19 +30,6 @@ def file_public(row: File) -> FilePublic:
                       purpose=row.purpose, format=row.format, lines=row.lines)
 
 
-async def _read_capped(request: Request, upload: UploadFile, cap: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > cap + 64 * 1024:
-        raise PayloadTooLarge(f"the upload is over the {cap} byte limit", param="file", code="file_too_large")
-    chunks, size = [], 0
-    while chunk := await upload.read(1 << 20):
-        size += len(chunk)
-        if size > cap:
-            raise PayloadTooLarge(f"the file is over the {cap} byte limit", param="file", code="file_too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 @router.post("", response_model=FilePublic)
 async def upload_file(
     request: Request, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep,
@@ -53,7 +41,8 @@ async def upload_file(
                             param=unknown[0], code="unknown_parameter")
     if purpose not in PURPOSES:
         raise InvalidRequest(f"purpose must be one of {', '.join(PURPOSES)}", param="purpose", code="invalid_purpose")
-    data = await _read_capped(request, file, settings.max_upload_bytes)
+    data = await file.read()  # bounded: api.limits.UploadLimit refused any request over the cap plus its framing
+    refuse_over_cap(len(data), settings.max_upload_bytes)
     try:
         summary = validate_jsonl(data, max_bytes=settings.max_upload_bytes, max_lines=settings.max_dataset_lines,
                                  max_line_bytes=settings.max_line_bytes)

@@ -1,10 +1,12 @@
+"""Liveness and readiness. An unreachable database makes `/readyz` answer 503 `database_unavailable` through the
+one handler that decides it (api/handlers.py, on `service.db.is_unreachable`), like every other route."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter
 from sqlalchemy import text
 
 from api.deps import SessionDep
-from service.errors import Unavailable
 
 router = APIRouter(tags=["health"])
 
@@ -16,8 +18,5 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(session: SessionDep) -> dict[str, str]:
-    try:
-        session.execute(text("SELECT 1"))
-    except Exception as e:
-        raise Unavailable(f"database unreachable: {type(e).__name__}", code="database_unavailable") from None
+    session.execute(text("SELECT 1"))
     return {"status": "ready"}

@@ -22,9 +22,9 @@ import pytest
 
 from service.settings import Settings
 from tests.support.poll_load import LoadResult, poll
-from tests.support.service import Api, fresh_pg_database, make_settings, running_cluster
+from tests.support.service import HANG_GUARD_S, Api, fresh_pg_database, make_settings, running_cluster
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(HANG_GUARD_S)]
 
 USERS = 30
 DURATION_S = 60.0
@@ -64,13 +64,13 @@ def test_polling_while_a_job_trains_answers_every_request(backend: Settings, tmp
     with running_cluster(backend, tmp_path) as cluster:
         worker = cluster.worker()
         job_id = cluster.create(**TRAINING)
-        cluster.api.wait_step(job_id, 1, timeout=120)
+        cluster.api.wait_step(job_id, 1)
         first = step(cluster.api, job_id)
         result = poll(str(cluster.api.http.base_url), cluster.api.http.headers["Authorization"], job_id,
                       users=USERS, duration_s=DURATION_S)
         last = step(cluster.api, job_id)  # still training, and it went on training under the load
         assert cluster.api.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").status_code == 200
-        cluster.api.wait_status(job_id, ("cancelled",), timeout=60)
+        cluster.api.wait_status(job_id, ("cancelled",))
     record(result, name, tmp_path_factory, capsys)
     assert not result.errors, f"{len(result.errors)} errors, first: {result.errors[:5]}"
     assert last > first, (first, last)

@@ -21,9 +21,21 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.service import REPO, Api, Process, demo_paths, dr_lora, free_port, loads_torch, wait_until
+from tests.support.service import (
+    HANG_GUARD_S,
+    REPO,
+    STALL_FLOOR_S,
+    Api,
+    Process,
+    demo_paths,
+    dr_lora,
+    free_port,
+    loads_torch,
+    wait_ready,
+    wait_until,
+)
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(HANG_GUARD_S)]
 
 DOC = REPO / "docs" / "service.md"
 
@@ -67,16 +79,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     proc = Process([sys.executable, "-m", "drlora_cli.main", "serve", "--port", str(port)], env, home / "serve.log",
                    cwd=home)
     url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert proc.proc.poll() is None, f"drlora serve exited:\n{proc.output()}"
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_until(ready, 90, what="drlora serve to answer /readyz")
+        wait_ready(proc, url)
         key = (home / ".drlora" / "api_key").read_text().strip()
         log = proc.output()
         assert url in log and key in log  # the URL and the key are printed on first start
@@ -89,7 +93,7 @@ def test_curl_walkthrough_works_as_written(served: Served) -> None:
     script = doc_block("walkthrough").replace("127.0.0.1:8000", served.url.removeprefix("http://"))
     cwd = served.workdir("curl")
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=served.env(),
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     job = served.jobs()[0]
     assert job["status"] == "succeeded", job
@@ -110,7 +114,7 @@ def test_curl_walkthrough_works_as_written(served: Served) -> None:
 def test_openai_sdk_snippet_works_as_written(served: Served) -> None:
     env = {**served.env(), "DRLORA_BASE_URL": served.url, "DRLORA_API_KEY": served.key}
     result = subprocess.run([sys.executable, "-c", doc_block("sdk")], cwd=served.workdir("sdk"), env=env,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded ft:drlora-demo-moe:sdk:" in result.stdout
     assert "layer 0: [" in result.stdout
@@ -121,7 +125,7 @@ def test_client_commands(served: Served, tmp_path: Path) -> None:
 
     def drlora(*args: str) -> str:
         result = subprocess.run([sys.executable, "-m", "drlora_cli.main", *args], env=env, capture_output=True,
-                                text=True, timeout=240)
+                                text=True, timeout=HANG_GUARD_S)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         return result.stdout
 
@@ -141,25 +145,25 @@ def test_client_commands(served: Served, tmp_path: Path) -> None:
 
 
 def test_events_metrics_ranks_and_checkpoints_are_visible_while_it_runs(served: Served) -> None:
-    api = Api(served.url, served.key)
-    with open(demo_paths()[1], "rb") as f:
-        file_id = api.http.post("/v1/files", files={"file": ("train.jsonl", f)}, data={"purpose": "fine-tune"}).json()["id"]
-    job_id = api.post("/v1/fine_tuning/jobs", {"model": "drlora-demo-moe", "training_file": file_id,
-                                               "method": dr_lora(max_steps=10, checkpoint_every=2)}).json()["id"]
-    running = api.wait_step(job_id, 3)
-    assert running["status"] == "running"
-    path = f"/v1/fine_tuning/jobs/{job_id}"
-    assert any(e["type"] == "metrics" for e in api.get(f"{path}/events", limit=100).json()["data"])
-    assert len(api.get(f"{path}/metrics").json()["data"]) >= 3
-    assert api.get(f"{path}/ranks").json()["ranks"]
-    assert api.get(f"{path}/checkpoints").json()["data"][0]["step_number"] >= 2
-    assert api.wait_status(job_id, ("succeeded",))["fine_tuned_model"]
+    with Api(served.url, served.key) as api:
+        with open(demo_paths()[1], "rb") as f:
+            file_id = api.http.post("/v1/files", files={"file": ("train.jsonl", f)}, data={"purpose": "fine-tune"}).json()["id"]
+        job_id = api.post("/v1/fine_tuning/jobs", {"model": "drlora-demo-moe", "training_file": file_id,
+                                                   "method": dr_lora(max_steps=10, checkpoint_every=2)}).json()["id"]
+        running = api.wait_step(job_id, 3)
+        assert running["status"] == "running"
+        path = f"/v1/fine_tuning/jobs/{job_id}"
+        assert any(e["type"] == "metrics" for e in api.get(f"{path}/events", limit=100).json()["data"])
+        assert len(api.get(f"{path}/metrics").json()["data"]) >= 3
+        assert api.get(f"{path}/ranks").json()["ranks"]
+        assert api.get(f"{path}/checkpoints").json()["data"][0]["step_number"] >= 2
+        assert api.wait_status(job_id, ("succeeded",))["fine_tuned_model"]
 
 
 def test_a_dead_worker_is_restarted(served: Served) -> None:
     (first,) = served.proc.children()
     os.kill(first, signal.SIGKILL)
-    wait_until(lambda: served.proc.children() not in ([], [first]), 30, what="a new worker process")
+    wait_until(lambda: served.proc.children() not in ([], [first]), STALL_FLOOR_S, what="a new worker process")
 
 
 def test_ctrl_c_stops_serve_and_its_worker(served: Served) -> None:

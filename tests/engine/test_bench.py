@@ -20,6 +20,7 @@ def quick_result() -> dict:
     return run_speed(SpeedSettings(quick=True, families=("qwen3_moe", "olmoe", "gpt_oss"), threads=1))
 
 
+@pytest.mark.slow  # a benchmark run (tens of seconds on 2 cores); CI runs it
 def test_quick_speed_meets_the_ratio_gates_on_three_families(quick_result: dict, capsys) -> None:
     for model in quick_result["models"]:
         r = model["ratios"]
@@ -33,6 +34,7 @@ def test_quick_speed_meets_the_ratio_gates_on_three_families(quick_result: dict,
     assert quick_result["failed_gates"] == []
 
 
+@pytest.mark.slow  # a benchmark run (tens of seconds on 2 cores); CI runs it
 def test_speed_json_holds_every_figure(quick_result: dict, tmp_path) -> None:
     path = tmp_path / "speed.json"
     path.write_text(json.dumps(quick_result, default=str))
@@ -48,6 +50,7 @@ def test_speed_json_holds_every_figure(quick_result: dict, tmp_path) -> None:
         assert model["growth_events"] >= 1
 
 
+@pytest.mark.slow  # a benchmark run (tens of seconds on 2 cores); CI runs it
 def test_dr_lora_executes_the_flops_of_lora_at_its_compute_rank(quick_result: dict) -> None:
     """The engine computes at the largest active rank rounded to 8 (16 here): exactly lora@16's matmuls, and the
     analytic count tracks the executed difference between ranks."""
@@ -59,6 +62,7 @@ def test_dr_lora_executes_the_flops_of_lora_at_its_compute_rank(quick_result: di
         assert executed == analytic, model["model"]
 
 
+@pytest.mark.slow  # a benchmark run (tens of seconds on 2 cores); CI runs it
 def test_bench_speed_cli_writes_markdown_and_json(tmp_path, capsys) -> None:
     from drlora_cli.main import main
 
@@ -93,6 +97,7 @@ def test_cached_greedy_decoding_matches_decoding_without_cache() -> None:
 
 
 @pytest.mark.skipif(not _demo_assets_ready(), reason="the demo model is not built")
+@pytest.mark.slow  # a benchmark run (tens of seconds on 2 cores); CI runs it
 def test_quality_harness_runs_end_to_end_in_a_tiny_configuration(tmp_path) -> None:
     from bench.quality import QualitySettings, run_quality
     from bench.report import quality_markdown

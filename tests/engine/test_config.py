@@ -104,7 +104,7 @@ def test_auto_on_the_demo_model_and_file_trains_a_tiny_model_sensibly() -> None:
     assert _events(config, total) == PAPER_GROWTH_EVENTS
     from drlora_core.growth import plan_growth
 
-    assert len(plan_growth(config.lora, total, math.ceil(0.03 * total), [16]).steps) == PAPER_GROWTH_EVENTS
+    assert len(plan_growth(config.lora, total, math.ceil(0.03 * total)).steps) == PAPER_GROWTH_EVENTS
 
 
 def test_parameter_count_estimate_is_close_to_the_demo_weights() -> None:

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import select
 
 from service.tables import JobEvent
-from tests.support.service import Cluster, make_settings, running_cluster, wait_until
+from tests.support.service import HANG_GUARD_S, Cluster, make_settings, running_cluster
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(HANG_GUARD_S)]
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def test_sigkill_mid_training_resumes_from_the_last_checkpoint(cluster: Cluster)
                         .json()["data"]]
     assert checkpoint_steps and max(checkpoint_steps) >= 3
     cluster.worker()  # the sweep sees the lease expire, requeues the job and sends it again
-    job = cluster.api.wait_status(job_id, ("succeeded",), timeout=180)
+    job = cluster.api.wait_status(job_id, ("succeeded",))
     assert job["progress"]["step"] == 10
     row = cluster.row(job_id)
     assert (row.attempt, row.lost_attempts) == (2, 1) and cluster.adapters(job_id) == 1
@@ -55,7 +55,7 @@ def test_sigterm_checkpoints_and_requeues_for_the_next_worker(cluster: Cluster) 
                .json()["data"])
     assert step >= 2
     cluster.worker()
-    cluster.api.wait_status(job_id, ("succeeded",), timeout=180)
+    cluster.api.wait_status(job_id, ("succeeded",))
     assert f"Training 10 steps from the checkpoint at step {step}" in cluster.messages(job_id)
     assert cluster.row(job_id).attempt == 2 and cluster.adapters(job_id) == 1
 
@@ -66,12 +66,12 @@ def test_a_frozen_worker_past_its_lease_is_fenced_when_it_wakes(cluster: Cluster
     cluster.api.wait_step(job_id, 4)
     frozen.send(signal.SIGSTOP)
     try:
-        # The lease (4 s) runs out, the sweep requeues the job and a second worker takes attempt 2.
+        # The lease runs out, the sweep requeues the job and a second worker takes attempt 2.
         cluster.worker()
-        wait_until(lambda: cluster.row(job_id).attempt == 2, 60, what="attempt 2 to start")
+        cluster.wait(job_id, lambda: cluster.row(job_id).attempt == 2, "attempt 2 to start")
     finally:
         frozen.send(signal.SIGCONT)
-    job = cluster.api.wait_status(job_id, ("succeeded",), timeout=180)
+    job = cluster.api.wait_status(job_id, ("succeeded",))
     assert job["progress"]["step"] == 10
     row = cluster.row(job_id)
     assert (row.attempt, row.lost_attempts) == (2, 1) and cluster.adapters(job_id) == 1

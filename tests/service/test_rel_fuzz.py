@@ -36,7 +36,7 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from drlora_cli.bootstrap import migrate, new_key, register_model
 from service.settings import Settings
-from tests.support import schema_fuzz
+from tests.support.schema_fuzz import fuzz_config, load_schema, run_fuzz
 from tests.support.service import fresh_pg_database, make_settings
 
 pytestmark = pytest.mark.timeout(240)
@@ -95,17 +95,18 @@ def tenant(client: TestClient, backend: Settings) -> Tenant:
     return Tenant(key=key, file_id=file, job_id=job, spare_file_id=spare)
 
 
+@pytest.mark.slow  # about 2,000 requests per backend: minutes on 2 cores; CI runs it
 def test_fuzzing_the_openapi_document_finds_no_error(app: FastAPI, tenant: Tenant, backend: Settings,
                                                      tmp_path_factory: pytest.TempPathFactory,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = schema_fuzz.config(tenant.key, seed=SEED, max_examples=MAX_EXAMPLES, request_timeout_s=STREAM_TIMEOUT_S)
-    schema = schema_fuzz.load(
+    cfg = fuzz_config(tenant.key, seed=SEED, max_examples=MAX_EXAMPLES, request_timeout_s=STREAM_TIMEOUT_S)
+    schema = load_schema(
         app, cfg, path_ids={"fine_tuning_job_id": tenant.job_id, "file_id": tenant.file_id},
         body_values={"model": "test-model", "training_file": tenant.file_id, "validation_file": tenant.file_id,
                      "purpose": "fine-tune", "file": DATA},
         delete_ids={"file_id": tenant.spare_file_id},
     )
-    report = schema_fuzz.run(schema)
+    report = run_fuzz(schema)
     name = "sqlite" if backend.is_sqlite else "postgresql"
     (tmp_path_factory.getbasetemp() / f"fuzz-{name}.json").write_text(json.dumps(report.summary(), indent=1))
     with capsys.disabled():  # the figure shows in every run, captured or not

@@ -21,15 +21,15 @@ DATASET_LIMITS = {"max_dataset_lines": 3, "max_line_bytes": 64}
 
 
 @pytest.fixture(scope="module")
-def client(pg_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(pg_settings, sweep=False)) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def api_settings(pg_settings: Settings) -> Settings:
     """The settings this module's API runs on (the SQLite module overrides it)."""
     return pg_settings
+
+
+@pytest.fixture(scope="module")
+def client(api_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(api_settings, sweep=False)) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

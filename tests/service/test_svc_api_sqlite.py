@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
-from api.main import create_app
 from drlora_cli.bootstrap import migrate, new_key, register_model
 from service.settings import Settings
 from tests.service.test_svc_api import (  # noqa: F401  (collected here again, with this module's fixtures)
+    client,
     dataset_client,
     test_bad_datasets_are_refused_with_their_line_and_nothing_is_kept,
     test_cancel_pause_resume_of_a_queued_job,
@@ -38,12 +36,6 @@ def sqlite_settings(tmp_path_factory: pytest.TempPathFactory, fake_model_dir: Pa
 @pytest.fixture(scope="module")
 def api_settings(sqlite_settings: Settings) -> Settings:
     return sqlite_settings
-
-
-@pytest.fixture(scope="module")
-def client(sqlite_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(sqlite_settings, sweep=False)) as c:
-        yield c
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ class FuzzReport:
                 "statuses": {label: dict(sorted(c.items())) for label, c in sorted(self.statuses.items())}}
 
 
-def config(key: str, *, seed: int, max_examples: int, request_timeout_s: float) -> schemathesis.Config:
+def fuzz_config(key: str, *, seed: int, max_examples: int, request_timeout_s: float) -> schemathesis.Config:
     return schemathesis.Config.from_dict({
         "seed": seed,
         "headers": {"Authorization": f"Bearer {key}"},
@@ -65,7 +65,7 @@ def sometimes(real: dict[str, Any], on_delete: dict[str, Any] | None = None) -> 
     return hook
 
 
-def load(app: Any, cfg: schemathesis.Config, path_ids: dict[str, str], body_values: dict[str, Any],
+def load_schema(app: Any, cfg: schemathesis.Config, path_ids: dict[str, str], body_values: dict[str, Any],
          delete_ids: dict[str, str]) -> Any:
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=cfg)
     schema.hook("flatmap_path_parameters")(sometimes(path_ids, delete_ids))
@@ -87,7 +87,7 @@ def _record(report: FuzzReport, event: events.ScenarioFinished) -> None:
                 report.failures.append(f"{event.label}: {node.name}: {info.failure.title}\n{info.code_sample}")
 
 
-def run(schema: Any) -> FuzzReport:
+def run_fuzz(schema: Any) -> FuzzReport:
     report = FuzzReport()
     for event in from_schema(schema).execute():
         if isinstance(event, events.ScenarioFinished):

@@ -1,4 +1,12 @@
-"""Helpers for the service tests: settings for a test profile, processes we start and kill by pid, polling."""
+"""Helpers for the process-level tests: settings for a test profile, processes we start and kill by pid, and waits.
+
+Waiting on a job follows what can be observed, never a fixed wall-clock budget: `wait_progress` polls until a
+condition holds and fails only when nothing observable (status, attempt, step, heartbeat, events, the workers' logs)
+has changed for a stall bound. That bound is `Pace.stall_s`: a floor that covers a process starting up on a loaded
+machine, raised to a multiple of the slowest training step measured so far. A slow machine makes every wait longer;
+only a job that stopped moving fails one. `wait_until` (a plain deadline) remains for conditions that are not a job's
+progress, such as a server answering after it was started.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,8 +28,11 @@ from service.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
-# A fast test profile: heartbeats every 0.5 s, a 4 s lease, a sweep every second.
-FAST = dict(heartbeat_interval_s=0.5, lease_s=4.0, sweep_interval_s=1.0, redispatch_after_s=3.0,
+# A fast test profile: heartbeats every 0.5 s, a 10 s lease, a sweep every second. The lease is 20 heartbeats: on a
+# machine shared with other work a live worker's heartbeat thread can wait seconds for the CPU (a 4 s lease lost
+# live workers at a load of 5 per core), and the server ends a worker session idle in a transaction for half a
+# lease, so a lease much shorter than this fails correct code on a loaded CI machine.
+FAST = dict(heartbeat_interval_s=0.5, lease_s=10.0, sweep_interval_s=1.0, redispatch_after_s=3.0,
             default_checkpoint_every=2, device="cpu", log_level="warning")
 
 
@@ -80,6 +91,65 @@ def wait_until(check: Callable[[], T], timeout: float, interval: float = 0.2, wh
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
+# Nothing observable may stay unchanged for longer than this before a step has been timed: a worker importing torch
+# and loading the model, a lease running out and the sweep requeueing, on a machine shared with other work.
+STALL_FLOOR_S = 180.0
+# pytest-timeout's bound for a process-level test: only a guard against a hang no wait can see (a call blocked
+# forever); the waits fail first, and with a better message, when a job stops moving.
+HANG_GUARD_S = 1800
+# Once steps are timed, the bound is this many of the slowest step seen (a checkpoint step included).
+STALL_STEPS = 40
+
+
+class Pace:
+    """The slowest training step seen on this machine so far, measured from the step counter's advances; from it,
+    how long a wait may see nothing change before it calls the job stuck."""
+
+    def __init__(self) -> None:
+        self.slowest_step_s = 0.0
+        self._last: tuple[int, float] | None = None  # (step, when it was first seen)
+
+    def see(self, step: int | None) -> None:
+        if step is None:
+            return
+        now = time.monotonic()
+        if self._last is not None and step > self._last[0]:
+            per_step = (now - self._last[1]) / (step - self._last[0])
+            self.slowest_step_s = max(self.slowest_step_s, per_step)
+        if self._last is None or step != self._last[0]:  # a new attempt may start again from a lower step
+            self._last = (step, now)
+
+    @property
+    def stall_s(self) -> float:
+        return max(STALL_FLOOR_S, STALL_STEPS * self.slowest_step_s)
+
+    def allow(self, seconds: float, steps: float) -> float:
+        """A bound for an assertion on elapsed time: `seconds`, or `steps` of the slowest step if that is longer."""
+        return max(seconds, steps * self.slowest_step_s)
+
+
+def wait_progress(observe: Callable[[], tuple[T | None, Hashable, int | None]], pace: Pace, what: str,
+                  interval: float = 0.2) -> T:
+    """Poll `observe()` -> (result, progress, step) until the result is truthy. `progress` is anything whose
+    change shows the job is moving; `step` (or None) feeds the pace. Fails after `pace.stall_s` without a change."""
+    last: Any = object()
+    changed = time.monotonic()
+    while True:
+        result, progress, step = observe()
+        if result:
+            return result
+        pace.see(step)
+        now = time.monotonic()
+        if progress != last:
+            last, changed = progress, now
+        elif now - changed > pace.stall_s:
+            raise AssertionError(
+                f"waiting for {what}: nothing progressed for {now - changed:.0f} s (bound: the larger of "
+                f"{STALL_FLOOR_S:.0f} s and {STALL_STEPS} x the slowest step, {pace.slowest_step_s:.2f} s); "
+                f"last seen: {progress!r}")
+        time.sleep(interval)
+
+
 class Process:
     """A child process whose output goes to a log file; `stop` ends it and any children by their pids."""
 
@@ -134,18 +204,21 @@ class Process:
         return self.log.read_text(errors="replace")[-6000:]
 
 
-def start_api(settings: Settings, port: int, log: Path) -> Process:
-    proc = Process([sys.executable, "-m", "drlora_cli.main", "api", "--port", str(port)], settings_env(settings), log)
-    url = f"http://127.0.0.1:{port}"
-
+def wait_ready(proc: Process, url: str) -> None:
+    """Until the server `proc` started answers `/readyz`; fails at once if it exits."""
     def ready() -> bool:
-        assert proc.proc.poll() is None, f"API exited:\n{proc.output()}"
+        assert proc.proc.poll() is None, f"{proc.proc.args!r} exited:\n{proc.output()}"
         try:
             return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
-    wait_until(ready, 60, what="the API to answer /readyz")
+    wait_until(ready, STALL_FLOOR_S, what=f"{url} to answer /readyz")
+
+
+def start_api(settings: Settings, port: int, log: Path) -> Process:
+    proc = Process([sys.executable, "-m", "drlora_cli.main", "api", "--port", str(port)], settings_env(settings), log)
+    wait_ready(proc, f"http://127.0.0.1:{port}")
     return proc
 
 
@@ -175,6 +248,17 @@ class Api:
 
     def __init__(self, url: str, key: str) -> None:
         self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        self.pace = Pace()
+
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pooled connections (left open, they surface as a ResourceWarning in some later test)."""
+        self.http.close()
 
     def get(self, path: str, **params: Any) -> httpx.Response:
         return self.http.get(path, params=params)
@@ -187,21 +271,28 @@ class Api:
         assert r.status_code == 200, r.text
         return r.json()
 
-    def wait_status(self, job_id: str, statuses: tuple[str, ...], timeout: float = 180) -> dict[str, Any]:
-        def reached() -> dict[str, Any] | None:
+    def wait_job(self, job_id: str, until: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        """Poll the job until `until(job)` holds, for as long as its status or progress keeps changing."""
+        def observe() -> tuple[dict[str, Any] | None, Hashable, int]:
             job = self.job(job_id)
+            progress = (job["status"], repr(sorted(job["progress"].items())))
+            return (job if until(job) else None), progress, int(job["progress"]["step"])
+
+        return wait_progress(observe, self.pace, f"{job_id}: {what}")
+
+    def wait_status(self, job_id: str, statuses: tuple[str, ...]) -> dict[str, Any]:
+        def reached(job: dict[str, Any]) -> bool:
             assert job["status"] != "failed" or "failed" in statuses, job["error"]
-            return job if job["status"] in statuses else None
+            return job["status"] in statuses
 
-        return wait_until(reached, timeout, interval=0.3, what=f"{job_id} to be {'/'.join(statuses)}")
+        return self.wait_job(job_id, reached, f"to be {'/'.join(statuses)}")
 
-    def wait_step(self, job_id: str, step: int, timeout: float = 180) -> dict[str, Any]:
-        def reached() -> dict[str, Any] | None:
-            job = self.job(job_id)
+    def wait_step(self, job_id: str, step: int) -> dict[str, Any]:
+        def reached(job: dict[str, Any]) -> bool:
             assert job["status"] in ("queued", "running"), job
-            return job if job["progress"]["step"] >= step else None
+            return bool(job["progress"]["step"] >= step)
 
-        return wait_until(reached, timeout, interval=0.2, what=f"{job_id} to reach step {step}")
+        return self.wait_job(job_id, reached, f"to reach step {step}")
 
 
 def loads_torch(pid: int) -> bool:
@@ -266,6 +357,26 @@ class Cluster:
         events = self.api.get(f"/v1/fine_tuning/jobs/{job_id}/events", limit=1000).json()["data"]
         return [e["message"] for e in events]
 
+    def wait(self, job_id: str, until: Callable[[], T], what: str) -> T:
+        """Poll `until()` while the job moves: its row (status, attempt, step, heartbeat), its newest event and the
+        workers' logs are the progress; the row's step feeds the pace shared with `self.api`'s waits."""
+        from sqlalchemy import func, select
+
+        from service.tables import Job, JobEvent
+
+        def observe() -> tuple[T | None, Hashable, int]:
+            with self.factory() as s:
+                row = s.get_one(Job, job_id)
+                newest = s.scalar(select(func.max(JobEvent.id)).where(JobEvent.job_id == job_id))
+                progress = (row.status, row.attempt, row.step, row.heartbeat_at, newest,
+                            tuple(w.log.stat().st_size for w in self.workers))
+            done = until()
+            assert done or row.status not in ("failed", "cancelled"), (
+                f"{job_id} ended {row.status} while waiting for {what}: {row.error}")
+            return done, progress, row.step
+
+        return wait_progress(observe, self.api.pace, f"{job_id}: {what}")
+
     def attempts_started(self, job_id: str) -> list[str]:
         """The "Attempt N started on worker W" events: one per training run the job had."""
         return [m for m in self.messages(job_id) if m.startswith("Attempt ")]
@@ -273,6 +384,7 @@ class Cluster:
     def close(self) -> None:
         for proc in self.workers:
             proc.stop(signal.SIGKILL)
+        self.api.close()
         self.api_proc.stop()
         self.engine.dispose()
 
