@@ -18,7 +18,8 @@ from typing import TypeVar
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.lease import Claim, Fenced, Heartbeat, fenced
+from service.jobstate import Fenced
+from worker.lease import Claim, Heartbeat, fenced
 
 log = logging.getLogger("drlora.worker")
 T = TypeVar("T")
