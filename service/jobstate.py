@@ -49,6 +49,8 @@ the row, so a job is `queued` from the moment anyone can see it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
@@ -191,61 +193,70 @@ def reclaim(session: Session, job: Job, t: float) -> JobStatus | None:
     return status
 
 
-# -- client requests ----------------------------------------------------------------------------------------
-def _move(session: Session, job: Job, message: str, **values: object) -> bool:
-    """One UPDATE from the state `job` was read in; refreshes `job`; records `message` when it moved."""
-    moved = _update(session, (Job.id == job.id) & (Job.status == job.status) & _requested_is(job.requested_action),
-                    **values)
-    if moved:
-        add_event(session, job.id, job.attempt, message)
-    session.refresh(job)
-    return moved
+# -- client requests ---------------------------------------------------------------------------------------------
+# A request's step from the state the job was read in: the event and the columns to write, None when there is
+# nothing to change; a state the request does not apply to raises Conflict.
+Step = tuple[str, dict[str, object]] | None
+
+
+def _ask(session: Session, job: Job, decide: Callable[[Job], Step]) -> bool:
+    """One conditional UPDATE from the state `job` was read in; when the row changed under it, `job` is refreshed and
+    the request decided again. Returns whether the row moved."""
+    while (step := decide(job)) is not None:
+        message, values = step
+        if _update(session, (Job.id == job.id) & (Job.status == job.status) & _requested_is(job.requested_action),
+                   **values):
+            add_event(session, job.id, job.attempt, message)
+            session.refresh(job)
+            return True
+        session.refresh(job)  # the row changed under us: decide again on the fresh one
+    return False
+
+
+def _cancel_step(job: Job) -> Step:
+    if job.status == JobStatus.cancelled or job.requested_action == RequestedAction.cancel:
+        return None
+    if job.status in (JobStatus.queued, JobStatus.paused):
+        return "Job cancelled", {"status": JobStatus.cancelled, "finished_at": now()}
+    if job.status == JobStatus.running:
+        return ("Cancellation requested; the worker stops at the next step",
+                {"requested_action": RequestedAction.cancel})
+    raise Conflict(f"job {job.id} is {job.status} and cannot be cancelled", code="job_not_cancellable")
+
+
+def _pause_step(job: Job) -> Step:
+    if job.status == JobStatus.paused or job.requested_action == RequestedAction.pause:
+        return None
+    if job.status == JobStatus.queued:
+        return "Job paused before it started", {"status": JobStatus.paused}
+    if job.status == JobStatus.running and job.requested_action is None:
+        return ("Pause requested; the worker checkpoints and releases the job",
+                {"requested_action": RequestedAction.pause})
+    raise Conflict(f"job {job.id} is {job.status} and cannot be paused", code="job_not_pausable")
+
+
+def _resume_step(job: Job) -> Step:
+    if job.status == JobStatus.queued or (job.status == JobStatus.running and job.requested_action is None):
+        return None
+    if job.status == JobStatus.paused:
+        return ("Job resumed; it continues from its last checkpoint",
+                {"status": JobStatus.queued, "dispatched_at": None})
+    if job.status == JobStatus.running and job.requested_action == RequestedAction.pause:
+        return "Pause withdrawn; training continues", {"requested_action": None}
+    raise Conflict(f"job {job.id} is {job.status} and cannot be resumed", code="job_not_resumable")
 
 
 def cancel(session: Session, job: Job) -> None:
     """queued or paused -> cancelled; running -> running+cancel (the worker stops at its next step)."""
-    while True:
-        if job.status == JobStatus.cancelled or job.requested_action == RequestedAction.cancel:
-            return
-        if job.status in (JobStatus.queued, JobStatus.paused):
-            moved = _move(session, job, "Job cancelled", status=JobStatus.cancelled, finished_at=now())
-        elif job.status == JobStatus.running:
-            moved = _move(session, job, "Cancellation requested; the worker stops at the next step",
-                          requested_action=RequestedAction.cancel)
-        else:
-            raise Conflict(f"job {job.id} is {job.status} and cannot be cancelled", code="job_not_cancellable")
-        if moved:
-            return
+    _ask(session, job, _cancel_step)
 
 
 def pause(session: Session, job: Job) -> None:
     """queued -> paused; running -> running+pause (the worker checkpoints, then releases the job)."""
-    while True:
-        if job.status == JobStatus.paused or job.requested_action == RequestedAction.pause:
-            return
-        if job.status == JobStatus.queued:
-            moved = _move(session, job, "Job paused before it started", status=JobStatus.paused)
-        elif job.status == JobStatus.running and job.requested_action is None:
-            moved = _move(session, job, "Pause requested; the worker checkpoints and releases the job",
-                          requested_action=RequestedAction.pause)
-        else:
-            raise Conflict(f"job {job.id} is {job.status} and cannot be paused", code="job_not_pausable")
-        if moved:
-            return
+    _ask(session, job, _pause_step)
 
 
 def resume(session: Session, job: Job) -> bool:
     """paused -> queued; running+pause -> running (the request is withdrawn). Returns True when the job went back
     to the queue and must be dispatched after the commit."""
-    while True:
-        if job.status == JobStatus.queued or (job.status == JobStatus.running and job.requested_action is None):
-            return False
-        if job.status == JobStatus.paused:
-            if _move(session, job, "Job resumed; it continues from its last checkpoint", status=JobStatus.queued,
-                     dispatched_at=None):
-                return True
-        elif job.status == JobStatus.running and job.requested_action == RequestedAction.pause:
-            if _move(session, job, "Pause withdrawn; training continues", requested_action=None):
-                return False
-        else:
-            raise Conflict(f"job {job.id} is {job.status} and cannot be resumed", code="job_not_resumable")
+    return _ask(session, job, _resume_step) and job.status == JobStatus.queued

@@ -4,7 +4,6 @@ docstring is tried, and the row must end as the table says (or not change at all
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
