@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from api.schemas.jobs import CheckpointPublic, EventPublic, JobError, JobProgress, JobPublic
-from service.jobs import fine_tuned_model_name
+from service.jobstate import fine_tuned_model_name
+from service.statuses import JobStatus
 from service.tables import Checkpoint, Job, JobEvent
 
 
@@ -14,7 +15,7 @@ def _int(t: float | None) -> int | None:
 def job_public(job: Job) -> JobPublic:
     return JobPublic(
         id=job.id, created_at=int(job.created_at), finished_at=_int(job.finished_at), model=job.model,
-        fine_tuned_model=job.fine_tuned_model, status=job.status,  # type: ignore[arg-type]
+        fine_tuned_model=job.fine_tuned_model, status=JobStatus(job.status),
         training_file=job.training_file, validation_file=job.validation_file, hyperparameters=job.hyperparameters,
         method={"type": job.method, job.method: {"hyperparameters": job.hyperparameters}}, seed=job.seed,
         trained_tokens=job.trained_tokens, error=JobError(**job.error) if job.error else None, result_files=[],

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from drlora_core.config import METHODS
+from service.statuses import JobStatus
 
 
 def register(subparsers: Any) -> None:
@@ -163,7 +164,7 @@ def jobs_watch(args: argparse.Namespace) -> int:
         result.update(watch(_client(), args.job_id, args.interval))
 
     code = _run(follow)
-    return code or (0 if result.get("status") in ("succeeded", "paused") else 1)
+    return code or (0 if result.get("status") in (JobStatus.succeeded, JobStatus.paused) else 1)
 
 
 def adapter_download(args: argparse.Namespace) -> int:

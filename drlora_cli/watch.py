@@ -11,10 +11,9 @@ import time
 from typing import Any, TextIO
 
 from drlora_cli.client import Client
+from service.statuses import STOPPED
 
 BARS = " ▁▂▃▄▅▆▇█"
-TERMINAL = ("succeeded", "failed", "cancelled")
-STOPPED = (*TERMINAL, "paused")
 
 
 def heat_row(ranks: list[int], r_max: int) -> str:

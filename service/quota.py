@@ -13,9 +13,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service.errors import TooManyRequests
+from service.statuses import ACTIVE
 from service.tables import Job, Tenant
 
-ACTIVE = ("validating_files", "queued", "running")
 QUOTA_RETRY_AFTER_S = 30
 
 

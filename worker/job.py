@@ -1,9 +1,10 @@
 """One delivery of `drlora.train_job(job_id)`: claim, heartbeat, train, publish, set the final status.
 
 Every outcome is written in one fenced transaction (retried across a short database outage, worker/retry.py), so it
-happens exactly once and only for the attempt that owns the job: success publishes the adapter zip (written atomically under `artifacts/<job>/attempt-<n>/` first, then its
-row with sha256 and the status together); cancel, pause and a SIGTERM shutdown record their status (the latter two
-after the engine wrote a checkpoint); an engine error fails the job. A duplicate delivery claims nothing.
+happens exactly once and only for the attempt that owns the job: success publishes the adapter zip (written
+atomically under `artifacts/<job>/attempt-<n>/` first, then its row with sha256 and the status together); a run
+stopped by cancel, pause or a SIGTERM shutdown releases the job (after the engine wrote a checkpoint), and the state
+machine decides where it goes; an engine error fails the job. A duplicate delivery claims nothing.
 """
 
 from __future__ import annotations
@@ -15,19 +16,20 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from drlora_core.atomic import zip_dir_atomic
 from drlora_core.config import ConfigError, RunConfig
 from drlora_core.run import RunResult, train_run
-from service.events import add_event
+from service import jobstate
 from service.ids import new_id, now
-from service.jobs import fine_tuned_model_name
+from service.jobstate import Fenced, fine_tuned_model_name
 from service.settings import Settings
+from service.statuses import JobStatus, RequestedAction
 from service.storage import StorageError, verified_path
 from service.tables import Artifact, Checkpoint, File, Job, RegisteredModel
-from worker.lease import Claim, Fenced, Heartbeat, claim
+from worker.lease import Claim, Heartbeat, claim
 from worker.recorder import Recorder
 from worker.retry import write_fenced
 from worker.training import attempt_dir
@@ -52,7 +54,7 @@ def worker_id() -> str:
 
 
 def run_job(job_id: str, factory: sessionmaker[Session], settings: Settings) -> str:
-    """Returns what happened: skipped | succeeded | cancelled | paused | requeued | failed | fenced."""
+    """Returns what happened: the status this attempt left the job in, or skipped | fenced | unrecorded."""
     owned = claim(factory, job_id, worker_id(), settings.lease_s)
     if owned is None:
         log.info("job %s is not queued (a duplicate or late delivery); nothing to do", job_id)
@@ -65,12 +67,12 @@ def run_job(job_id: str, factory: sessionmaker[Session], settings: Settings) -> 
         log.warning("%s; its results are discarded", e)
         return "fenced"
     except ConfigError as e:  # hyperparameters the engine found impossible for this model and dataset
-        return _fail(factory, owned, heartbeat, "invalid_hyperparameters", str(e), param=e.param)
+        return record_failure(factory, owned, heartbeat, "invalid_hyperparameters", str(e), param=e.param)
     except JobInputError as e:
-        return _fail(factory, owned, heartbeat, "invalid_input", str(e))
+        return record_failure(factory, owned, heartbeat, "invalid_input", str(e))
     except Exception as e:
         log.exception("job %s attempt %s failed", job_id, owned.attempt)
-        return _fail(factory, owned, heartbeat, "training_error", f"{type(e).__name__}: {e}")
+        return record_failure(factory, owned, heartbeat, "training_error", f"{type(e).__name__}: {e}")
     finally:
         heartbeat.stop()
 
@@ -87,11 +89,11 @@ def _train_and_finish(owned: Claim, heartbeat: Heartbeat, factory: sessionmaker[
     if heartbeat.fenced or heartbeat.out_of_lease():
         raise Fenced(f"attempt {owned.attempt} of job {owned.job_id} lost its lease while training")
     if result.status == "completed":
-        return _publish(factory, owned, heartbeat, result, settings)
+        return publish(factory, owned, heartbeat, result, settings)
     if recorder.timed_out:
-        return _fail(factory, owned, heartbeat, "timeout",
-                     f"the job ran past its time limit of {settings.job_time_limit_s:.0f} s")
-    return _record_stop(factory, owned, heartbeat, result, settings.runs_root)
+        return record_failure(factory, owned, heartbeat, "timeout",
+                              f"the job ran past its time limit of {settings.job_time_limit_s:.0f} s")
+    return release(factory, owned, heartbeat, result.step, settings.runs_root)
 
 
 def _inputs(session: Session, job: Job, settings: Settings) -> Inputs:
@@ -113,52 +115,42 @@ def _inputs(session: Session, job: Job, settings: Settings) -> Inputs:
     return Inputs(Path(model.path), files[0], files[1], resume_from)
 
 
-def _publish(factory: sessionmaker[Session], owned: Claim, heartbeat: Heartbeat, result: RunResult,
-             settings: Settings) -> str:
+def publish(factory: sessionmaker[Session], owned: Claim, heartbeat: Heartbeat, result: RunResult,
+            settings: Settings) -> JobStatus:
+    """Zip the adapter, then record it and the job's success in one fenced transaction; a cancel asked for during
+    the last step wins, and nothing is published."""
     assert result.adapter_dir is not None
     relative = f"{owned.job_id}/attempt-{owned.attempt}/adapter.zip"
     sha256, size = zip_dir_atomic(result.adapter_dir, settings.artifact_root / relative)
 
-    def write(s: Session) -> str:
+    def write(s: Session) -> JobStatus:
         job = s.get_one(Job, owned.job_id)
-        if job.requested_action == "cancel":  # asked for during the last step: honour it, publish nothing
-            _finish(s, owned, "cancelled", "Job cancelled")
-            return "cancelled"
+        if job.requested_action == RequestedAction.cancel:
+            return jobstate.release(s, owned.job_id, owned.attempt, result.step)
         s.add(Artifact(id=new_id("artifact"), job_id=owned.job_id, kind="adapter", step=result.step,
                        checkpoint_id=None, path=relative, sha256=sha256, bytes=size, created_at=now()))
-        _finish(s, owned, "succeeded", f"Job succeeded after {result.step} steps; adapter sha256 {sha256}",
-                fine_tuned_model=fine_tuned_model_name(job), step=result.step)
-        return "succeeded"
+        jobstate.finish(s, owned.job_id, owned.attempt, step=result.step, fine_tuned_model=fine_tuned_model_name(job),
+                        message=f"Job succeeded after {result.step} steps; adapter sha256 {sha256}")
+        return JobStatus.succeeded
 
     outcome = write_fenced(factory, owned, heartbeat, write)
     shutil.rmtree(settings.runs_root / owned.job_id, ignore_errors=True)
     return outcome
 
 
-def _record_stop(factory: sessionmaker[Session], owned: Claim, heartbeat: Heartbeat, result: RunResult,
-                 runs_root: Path) -> str:
-    def write(s: Session) -> str:
-        if result.stopped == "cancel":
-            _finish(s, owned, "cancelled", f"Job cancelled at step {result.step}")
-            return "cancelled"
-        if result.stopped == "pause":
-            _release(s, owned, "paused", f"Job paused at step {result.step}; resume continues from its checkpoint")
-            return "paused"
-        _release(s, owned, "queued", f"Worker shut down at step {result.step}; the job is queued to continue "
-                                     "from its checkpoint")
-        return "requeued"
-
-    outcome = write_fenced(factory, owned, heartbeat, write)
-    if outcome == "cancelled":
+def release(factory: sessionmaker[Session], owned: Claim, heartbeat: Heartbeat, step: int,
+            runs_root: Path) -> JobStatus:
+    """The run stopped at `step` without a result (cancel, pause, shutdown): let go of the job."""
+    outcome = write_fenced(factory, owned, heartbeat, lambda s: jobstate.release(s, owned.job_id, owned.attempt, step))
+    if outcome == JobStatus.cancelled:
         shutil.rmtree(runs_root / owned.job_id, ignore_errors=True)  # a cancelled job never resumes
     return outcome
 
 
-def _fail(factory: sessionmaker[Session], owned: Claim, heartbeat: Heartbeat, code: str, message: str,
-          param: str | None = None) -> str:
+def record_failure(factory: sessionmaker[Session], owned: Claim, heartbeat: Heartbeat, code: str, message: str,
+                   param: str | None = None) -> str:
     def write(s: Session) -> None:
-        _finish(s, owned, "failed", f"Job failed: {message}", level="error",
-                error={"code": code, "message": message, "param": param})
+        jobstate.fail(s, owned.job_id, owned.attempt, code=code, message=message, param=param)
 
     try:
         write_fenced(factory, owned, heartbeat, write)
@@ -167,17 +159,4 @@ def _fail(factory: sessionmaker[Session], owned: Claim, heartbeat: Heartbeat, co
     except Exception:  # the database is away too: the lease runs out and the sweep decides
         log.exception("could not record the failure of job %s", owned.job_id)
         return "unrecorded"
-    return "failed"
-
-
-def _finish(s: Session, owned: Claim, status: str, message: str, *, level: str = "info",
-            **values: object) -> None:
-    s.execute(update(Job).where(Job.id == owned.job_id).values(
-        status=status, finished_at=now(), requested_action=None, lease_expires_at=None, worker_id=None, **values))
-    add_event(s, owned.job_id, owned.attempt, message, level=level)
-
-
-def _release(s: Session, owned: Claim, status: str, message: str) -> None:
-    s.execute(update(Job).where(Job.id == owned.job_id).values(
-        status=status, requested_action=None, lease_expires_at=None, worker_id=None, dispatched_at=None))
-    add_event(s, owned.job_id, owned.attempt, message)
+    return JobStatus.failed

@@ -1,6 +1,6 @@
 """Claiming a job, heartbeating its lease, and fencing every write by (job id, attempt).
 
-The claim is one conditional UPDATE (`queued -> running`, attempt + 1), so of any number of deliveries of the same
+The claim is the state machine's (`service.jobstate.claim`: `queued -> running`, attempt + 1, one UPDATE), so of any number of deliveries of the same
 job id exactly one gets the row; the rest find it no longer queued and do nothing. From then on every write of this
 attempt runs in a `fenced` transaction whose first statement touches the job row only if it is still `running` under
 this attempt. On PostgreSQL that UPDATE also locks the row until commit, so a sweep or a newer attempt cannot slip in
@@ -17,19 +17,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import func, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import jobstate
 from service.db import transaction
-from service.events import add_event
 from service.ids import now
+from service.jobstate import Fenced
 from service.tables import Job
 
 log = logging.getLogger("drlora.worker")
-
-
-class Fenced(Exception):
-    """This attempt no longer owns the job: its writes are refused."""
 
 
 @dataclass(frozen=True)
@@ -40,25 +37,16 @@ class Claim:
 
 
 def claim(factory: sessionmaker[Session], job_id: str, worker_id: str, lease_s: float) -> Claim | None:
-    t = now()
     with transaction(factory) as session:
-        attempt = session.execute(
-            update(Job).where(Job.id == job_id, Job.status == "queued")
-            .values(status="running", attempt=Job.attempt + 1, worker_id=worker_id, heartbeat_at=t,
-                    lease_expires_at=t + lease_s, started_at=func.coalesce(Job.started_at, t), requested_action=None)
-            .returning(Job.attempt)
-        ).scalar()
-        if attempt is None:
-            return None
-        add_event(session, job_id, attempt, f"Attempt {attempt} started on worker {worker_id}")
-    return Claim(job_id, attempt, worker_id)
+        attempt = jobstate.claim(session, job_id, worker_id, lease_s)
+    return None if attempt is None else Claim(job_id, attempt, worker_id)
 
 
 @contextmanager
 def fenced(factory: sessionmaker[Session], claim: Claim) -> Iterator[Session]:
     with transaction(factory) as session:
         owned = session.execute(
-            update(Job).where(Job.id == claim.job_id, Job.attempt == claim.attempt, Job.status == "running")
+            update(Job).where(jobstate.owned(claim.job_id, claim.attempt))
             .values(heartbeat_at=now()).execution_options(synchronize_session=False)
         ).rowcount  # type: ignore[attr-defined]
         if owned != 1:
@@ -104,8 +92,7 @@ class Heartbeat:
         try:
             with transaction(self.factory) as session:
                 row = session.execute(
-                    update(Job).where(Job.id == self.claim.job_id, Job.attempt == self.claim.attempt,
-                                      Job.status == "running")
+                    update(Job).where(jobstate.owned(self.claim.job_id, self.claim.attempt))
                     .values(heartbeat_at=t, lease_expires_at=t + self.lease_s).returning(Job.requested_action)
                 ).first()
         except Exception as e:  # the database is away: keep trying until the lease would have run out

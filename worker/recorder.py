@@ -22,8 +22,10 @@ from drlora_core.callbacks import GrowthEvent as EngineGrowthEvent
 from drlora_core.checkpoint import ADAPTER_DIR
 from service.events import add_event
 from service.ids import new_id, now
+from service.jobstate import Fenced
+from service.statuses import RequestedAction
 from service.tables import Artifact, Checkpoint, ExpertStat, GrowthEvent, Job, Metric, RankSnapshot
-from worker.lease import Claim, Fenced, Heartbeat
+from worker.lease import Claim, Heartbeat
 from worker.retry import write_fenced
 
 log = logging.getLogger("drlora.worker")
@@ -136,8 +138,10 @@ class Recorder:
         if time.monotonic() > self.deadline:
             self.timed_out = True
             return "shutdown"
-        if self.heartbeat.requested in ("cancel", "pause"):
-            return self.heartbeat.requested  # type: ignore[return-value]
+        if self.heartbeat.requested == RequestedAction.cancel:
+            return "cancel"
+        if self.heartbeat.requested == RequestedAction.pause:
+            return "pause"
         return None
 
     def on_end(self, step: int, stats: ExpertStats, stopped: StopReason | None) -> None:

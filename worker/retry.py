@@ -19,7 +19,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import is_unreachable
-from worker.lease import Claim, Fenced, Heartbeat, fenced
+from service.jobstate import Fenced
+from worker.lease import Claim, Heartbeat, fenced
 
 log = logging.getLogger("drlora.worker")
 T = TypeVar("T")

@@ -14,6 +14,7 @@ from api.owned import get_owned_job
 from api.presenters import INT_MAX, parse_int
 from api.schemas.drlora import ExpertsPublic, GrowthEventPublic, MetricPublic, MetricsPublic, RanksPublic
 from service.errors import Conflict, NotFound
+from service.statuses import JobStatus
 from service.tables import Artifact, Checkpoint, ExpertStat, GrowthEvent, Job, Metric, RankSnapshot
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["dr-lora"])
@@ -84,7 +85,7 @@ def get_metrics(
 def _find_artifact(session: SessionDep, job: Job, checkpoint: str | None) -> Artifact:
     query = select(Artifact).where(Artifact.job_id == job.id)
     if checkpoint is None:
-        if job.status != "succeeded":
+        if job.status != JobStatus.succeeded:
             raise Conflict(f"job {job.id} is {job.status}; its adapter exists once it has succeeded "
                            "(use ?checkpoint= for an intermediate one)", code="adapter_not_ready")
         query = query.where(Artifact.kind == "adapter")

@@ -21,7 +21,7 @@ from api.owned import get_owned_job
 from api.presenters import checkpoint_public, event_id, event_public, parse_event_id
 from api.schemas.jobs import CheckpointsPublic, EventsPublic
 from service.errors import InvalidRequest
-from service.jobs import TERMINAL
+from service.statuses import STOPPED, JobStatus
 from service.tables import Checkpoint, Job, JobEvent
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -37,7 +37,7 @@ def _events_after(session: Session, job_id: str, after: int, limit: int) -> list
 
 def _poll(factory: sessionmaker[Session], job_id: str, after: int) -> tuple[list[JobEvent], str]:
     with factory() as session:
-        status = session.scalar(select(Job.status).where(Job.id == job_id)) or "cancelled"
+        status = session.scalar(select(Job.status).where(Job.id == job_id)) or JobStatus.cancelled
         return _events_after(session, job_id, after, 500), status
 
 
@@ -47,7 +47,7 @@ async def _stream(request: Request, factory: sessionmaker[Session], job_id: str,
         for event in events:
             yield f"id: {event_id(event)}\ndata: {event_public(event).model_dump_json()}\n\n"
             after = event.id
-        if not events and (status in TERMINAL or status == "paused"):
+        if not events and status in STOPPED:
             yield "data: [DONE]\n\n"
             return
         if not events:

@@ -17,13 +17,13 @@ from api.deps import CeleryDep, CurrentTenant, SessionDep, SessionFactoryDep, Se
 from api.owned import get_owned_job
 from api.presenters import job_public
 from api.schemas.jobs import DrLoraMethod, JobCreate, JobPublic, JobsPublic
-from service import jobs as transitions
-from service import quota
+from service import jobstate, quota
 from service.errors import InvalidRequest, Unprocessable
 from service.events import add_event
 from service.ids import new_id, now
 from service.runconfig import build_run_config, hyperparameters_view
 from service.settings import Settings
+from service.statuses import JobStatus
 from service.sweep import dispatch
 from service.tables import File, Job, RegisteredModel, Tenant
 
@@ -74,7 +74,7 @@ def _new_job(session: Session, tenant: Tenant, body: JobCreate, settings: Settin
         validation_file=body.validation_file, method=method.type,
         hyperparameters=hyperparameters_view(config, requested), run_config=config.to_dict(), seed=seed,
         suffix=body.suffix,
-        meta=body.metadata, status="queued", step=0, created_at=now(), attempt=0, lost_attempts=0,
+        meta=body.metadata, status=JobStatus.queued, step=0, created_at=now(), attempt=0, lost_attempts=0,
         max_attempts=settings.max_attempts,
     )
 
@@ -140,7 +140,7 @@ def retrieve_job(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id:
 @router.post("/{fine_tuning_job_id}/cancel", response_model=JobPublic)
 def cancel_job(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: str) -> JobPublic:
     job = get_owned_job(session, tenant, fine_tuning_job_id)
-    transitions.cancel(session, job)
+    jobstate.cancel(session, job)
     session.commit()
     return job_public(job)
 
@@ -148,7 +148,7 @@ def cancel_job(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: s
 @router.post("/{fine_tuning_job_id}/pause", response_model=JobPublic)
 def pause_job(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: str) -> JobPublic:
     job = get_owned_job(session, tenant, fine_tuning_job_id)
-    transitions.pause(session, job)
+    jobstate.pause(session, job)
     session.commit()
     return job_public(job)
 
@@ -159,12 +159,12 @@ def resume_job(
     settings: SettingsDep, fine_tuning_job_id: str,
 ) -> JobPublic:
     job = get_owned_job(session, tenant, fine_tuning_job_id)
-    if job.status == "paused" and settings.max_active_jobs_per_tenant:  # it becomes active again: same quota
+    if job.status == JobStatus.paused and settings.max_active_jobs_per_tenant:  # it becomes active again: same quota
         quota.lock_tenant(session, tenant.id)
         session.refresh(job)
-        if job.status == "paused":
+        if job.status == JobStatus.paused:
             quota.check_active_jobs(session, tenant.id, settings.max_active_jobs_per_tenant)
-    requeued = transitions.resume(session, job)
+    requeued = jobstate.resume(session, job)
     session.commit()
     if requeued:
         dispatch(factory, celery, job.id)

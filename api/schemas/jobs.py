@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from api.schemas.hyperparameters import DrLoraHyperparameters, LoraHyperparameters, StaticHyperparameters
+from service.statuses import JobStatus
 
 
 class _Strict(BaseModel):
@@ -83,7 +84,7 @@ class JobPublic(BaseModel):
     finished_at: int | None
     model: str
     fine_tuned_model: str | None
-    status: Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     training_file: str
     validation_file: str | None
     hyperparameters: dict[str, Any]
