@@ -13,6 +13,7 @@ from api.limits import UploadLimit
 from api.logredact import install_key_redaction
 from api.nul import RefuseNul
 from api.ratelimit import make_limiter
+from api import ui
 from api.routes import drlora, events, files, health, jobs, models
 from api.schemas.errors import ErrorPublic
 from service.broker import make_celery
@@ -62,7 +63,8 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
         limiter.close()
         engine.dispose()
 
-    app = FastAPI(title="drlora", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES,
+    app = FastAPI(title="drlora", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES, docs_url=None,
+                  redoc_url=None,
                   description="Fine-tune Mixture-of-Experts models with DR-LoRA; OpenAI fine-tuning API shapes.")
     app.state.settings, app.state.engine, app.state.sessionmaker, app.state.celery = settings, engine, factory, celery
     app.state.limiter = limiter
@@ -71,6 +73,7 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     app.add_middleware(RefuseNul)
     for module in (health, files, models, jobs, events, drlora):
         app.include_router(module.router)
+    ui.mount(app)
     return app
 
 
