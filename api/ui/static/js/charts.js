@@ -1,5 +1,5 @@
 // The loss chart (train and validation, growth events marked and clickable) and the learning-rate chart, on uPlot.
-import { el } from "./format.js";
+import { el, num } from "./format.js";
 
 const uPlot = window.uPlot;
 
@@ -32,13 +32,15 @@ export function createCharts(onGrowthClick) {
   const markers = el("div", { class: "growth-markers", "aria-label": "growth events" });
   const root = el("div", { class: "charts" },
     el("figure", {}, el("figcaption", { text: "Loss (growth events marked; click one to see its rank map)" }),
-      lossBox, markers),
+      lossBox),
     el("figure", {}, el("figcaption", { text: "Learning rate" }), lrBox));
   let growthSteps = [];
   let loss = null;
   let lr = null;
 
   function placeMarkers(u) {
+    const plot = u.root.querySelector(".u-wrap");
+    if (plot && markers.previousElementSibling !== plot) plot.after(markers); // right under the plot, above its legend
     markers.replaceChildren(...growthSteps.map((step) => {
       const button = el("button", { type: "button", class: "marker", "data-step": step,
         "aria-label": `growth at step ${step}`, title: `growth at step ${step}`, text: "▲" });
@@ -65,7 +67,8 @@ export function createCharts(onGrowthClick) {
 
   function make(box, series, hooks) {
     return new uPlot({ width: width(box), height: 220, scales: { x: { time: false } },
-      axes: [{ label: "step" }, {}], series: [{ label: "step" }, ...series], hooks }, [[]], box);
+      axes: [{ label: "step" }, { size: 60, values: (u, values) => values.map((v) => num(v, 3)) }],
+      series: [{ label: "step" }, ...series], hooks }, [[]], box);
   }
 
   function update(store, steps) {

@@ -43,6 +43,7 @@ export function jobPage(root, jobId) {
   let following = true;  // the slider sits at the last step and moves with it
   let frequency = [];
   let rankRequest = 0;
+  let live = null;  // the latest /ranks answer (the map now)
 
   root.append(
     el("section", { class: "card" },
@@ -102,9 +103,11 @@ export function jobPage(root, jobId) {
     if (following) {
       slider.value = lastStep;
       sliderText.textContent = `step ${lastStep} of ${lastStep}`;
+      rankMap.relabel(lastStep, rankMax);
     }
   }
 
+  // step undefined: the map now (the slider follows the last step); a number: the map as it stood after that step.
   async function showRanks(step) {
     const request = ++rankRequest;
     const ranks = await api(`/fine_tuning/jobs/${jobId}/ranks`, { query: { step } });
@@ -112,12 +115,20 @@ export function jobPage(root, jobId) {
     rankMax = ranks.r_max;
     growthSteps = [...new Set(ranks.events.map((e) => e.step))];
     if (step === undefined) {
+      live = ranks;
       setLastStep(ranks.step ?? 0);
       charts.update(series, growthSteps);
+      drawLive();
+    } else {
+      rankMap.render(ranks.ranks, rankMax, step, frequency);
+      sliderText.textContent = `step ${step} of ${lastStep}`;
     }
-    const shown = step ?? lastStep;
-    rankMap.render(ranks.ranks, rankMax, shown, frequency);
-    sliderText.textContent = `step ${shown} of ${lastStep}`;
+  }
+
+  function drawLive() {
+    if (!live) return;
+    rankMap.render(live.ranks, rankMax, lastStep, frequency);
+    sliderText.textContent = `step ${lastStep} of ${lastStep}`;
   }
 
   function jumpTo(step) {
@@ -250,15 +261,17 @@ export function jobPage(root, jobId) {
       api(`/fine_tuning/jobs/${jobId}`),
       api(`/fine_tuning/jobs/${jobId}/metrics`),
       api(`/fine_tuning/jobs/${jobId}/events`, { query: { limit: 1000 } }),
+      showExperts(),
+      showRanks(),
+      showCheckpoints(),
     ]);
     title.textContent = first.id;
     showJob(first);
     for (const row of metrics.data) series.merge(row);
     addEvents(log.data);
-    await Promise.all([showExperts(), showRanks()]);
+    if (following) drawLive();
     charts.update(series, growthSteps);
     showAdapter();
-    await showCheckpoints();
     if (!TERMINAL.includes(first.status)) follow();
   }
 

@@ -41,9 +41,11 @@ export function newJob(root) {
     const page = await api("/files", { query: { limit: 100 } });
     const options = (files) => files.map((f) => el("option", { value: f.id, text: `${f.filename} (${f.id})` }));
     const fineTune = page.data.filter((f) => f.purpose === "fine-tune");
+    const [training, validation] = [trainingFile.value, validationFile.value]; // kept across a reload
     trainingFile.replaceChildren(el("option", { value: "", text: "choose a file" }), ...options(fineTune));
     validationFile.replaceChildren(el("option", { value: "", text: "none" }), ...options(fineTune));
-    if (selected) trainingFile.value = selected;
+    trainingFile.value = selected || training;
+    validationFile.value = validation;
   }
 
   function showFields() {

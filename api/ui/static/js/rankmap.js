@@ -17,24 +17,27 @@ export function createRankMap() {
     shape = `${layers}x${experts}`;
     grid.style.gridTemplateColumns = `3.2em repeat(${experts}, minmax(3px, 1fr))`;
     grid.style.gridAutoRows = `${Math.max(8, Math.min(26, Math.round(420 / layers)))}px`;
-    const parts = [el("span", { class: "axis" })];
+    const parts = document.createDocumentFragment();
+    parts.append(el("span", { class: "axis" }));
     for (let e = 0; e < experts; e++) {
-      const tick = experts <= 16 || e % 8 === 0 ? String(e) : "";
-      parts.push(el("span", { class: "axis expert-tick", text: tick }));
+      parts.append(el("span", { class: "axis expert-tick", text: experts <= 16 || e % 8 === 0 ? String(e) : "" }));
     }
+    const template = el("span", { class: "cell" });
     cells = [];
     for (let l = 0; l < layers; l++) {
       const every = layers <= 16 ? 1 : 4;
-      parts.push(el("span", { class: "axis layer-tick", text: l % every === 0 ? `L${l}` : "" }));
+      parts.append(el("span", { class: "axis layer-tick", text: l % every === 0 ? `L${l}` : "" }));
       const row = [];
       for (let e = 0; e < experts; e++) {
-        const cell = el("span", { class: "cell", "data-layer": l, "data-expert": e });
+        const cell = template.cloneNode(false);
+        cell.dataset.layer = l;
+        cell.dataset.expert = e;
         row.push(cell);
-        parts.push(cell);
       }
+      parts.append(...row);
       cells.push(row);
     }
-    grid.replaceChildren(...parts);
+    grid.replaceChildren(parts);
   }
 
   // ranks: list per layer of list per expert; rMax: the top of the colour scale.
@@ -47,16 +50,22 @@ export function createRankMap() {
     }
     if (shape !== `${ranks.length}x${ranks[0].length}`) {
       build(ranks.length, ranks[0].length);
-      legendSlot.replaceChildren(legend("rank", 0, rMax, (v) => String(Math.round(v))));
+      legendSlot.replaceChildren(legend("rank", 0, rMax, (v) => String(Math.round(v)), rMax <= 16 ? rMax + 1 : 9));
     }
     ranks.forEach((row, l) => row.forEach((rank, e) => {
       const cell = cells[l][e];
       cell.dataset.rank = rank;
       cell.style.backgroundColor = viridis(rank / rMax);
     }));
+    relabel(step, rMax);
+  }
+
+  // The shown map also holds for a later step when nothing grew in between (the live view between growth events).
+  function relabel(step, rMax) {
+    if (!shape) return;
+    const [layers, experts] = shape.split("x");
     grid.dataset.step = step;
-    grid.setAttribute("aria-label",
-      `rank map at step ${step}: ${ranks.length} layers x ${ranks[0].length} experts, ranks 0 to ${rMax}`);
+    grid.setAttribute("aria-label", `rank map at step ${step}: ${layers} layers x ${experts} experts, ranks 0 to ${rMax}`);
   }
 
   grid.addEventListener("mousemove", (event) => {
@@ -68,5 +77,5 @@ export function createRankMap() {
       `frequency ${f === undefined ? "–" : `${(f * 100).toFixed(2)}%`} (latest)`]);
   });
   grid.addEventListener("mouseleave", hideTip);
-  return { root, render };
+  return { root, render, relabel };
 }
