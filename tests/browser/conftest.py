@@ -99,6 +99,9 @@ def page(browser: Browser) -> Iterator[Page]:
 
 
 def sign_in(page: Page, served: Served, key: str | None = None) -> None:
+    """Signs in through the form; with the served key, waits until the jobs list shows (signed in)."""
     page.goto(f"{served.url}/")
     page.get_by_label("API key").fill(key or served.key)
     page.get_by_role("button", name="Sign in").click()
+    if key is None:
+        expect(page.get_by_role("heading", name="Fine-tuning jobs")).to_be_visible()
