@@ -157,8 +157,9 @@ def test_a_demo_job_from_the_form_to_its_adapter(page: Page, served: Served) -> 
     expect(page.get_by_role("list", name="events")).to_contain_text("Job succeeded")
     expect(page.get_by_role("button", name="download the checkpoint at step 8")).to_be_visible()
 
+    slider.focus()
     page.keyboard.press("End")
-    slider_step(page)
+    assert slider_step(page) == last
     screenshot = os.environ.get("DRLORA_DASHBOARD_SCREENSHOT")
     if screenshot:
         page.screenshot(path=screenshot, full_page=True)
