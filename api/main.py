@@ -8,12 +8,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import handlers
+from api import handlers, ui
 from api.limits import UploadLimit
 from api.logredact import install_key_redaction
 from api.nul import RefuseNul
 from api.ratelimit import make_limiter
-from api import ui
 from api.routes import drlora, events, files, health, jobs, models
 from api.schemas.errors import ErrorPublic
 from service.broker import make_celery

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-SHADES = " .:-=+*#%@"
+from drlora_cli.render import rank_summary
 
 
 def register(subparsers: Any) -> None:
@@ -61,14 +63,20 @@ def run(args: argparse.Namespace) -> int:
     if args.max_steps is None and args.epochs is None:
         config = RunConfig(config.lora, TrainConfig(**{**config.train.__dict__, "max_steps": 150}))
     progress = ProgressBar()
+    interrupt = StopOnInterrupt()
     try:
-        result = train_run(args.model, train_file, args.out, config, val_file, [progress], not args.no_resume,
-                           args.merged)
+        with interrupt:
+            result = train_run(args.model, train_file, args.out, config, val_file, [progress, interrupt],
+                               not args.no_resume, args.merged)
     except (ConfigError, DatasetError, FileNotFoundError) as err:
         progress.close()
         print(f"error: {err}", file=sys.stderr)
         return 2
     progress.close()
+    if interrupt.requested and result.status == "stopped":
+        print(f"\ninterrupted at step {result.step}/{result.total_steps}: checkpoint written under "
+              f"{args.out / 'checkpoints'}; run the same command again to resume from it")
+        return 130
     print(f"\n{result.status} at step {result.step}/{result.total_steps}; "
           f"{len(result.growth_events)} growth events")
     print(rank_summary(result.ranks, config.lora.r_max))
@@ -89,6 +97,8 @@ class ProgressBar:
     def on_start(self, total_steps: int, ranks: list[list[int]], start_step: int) -> None:
         from tqdm import tqdm
 
+        if start_step:
+            print(f"resuming from the checkpoint at step {start_step}/{total_steps}")
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
     def on_step(self, m: Any) -> None:
@@ -113,11 +123,27 @@ class ProgressBar:
             self.bar.close()
 
 
-def rank_summary(ranks: list[list[int]], r_max: int) -> str:
-    """One line per layer: a shade per expert (darker = higher rank), then the ranks and their spread."""
-    lines = [f"rank map ({len(ranks)} layers x {len(ranks[0])} experts; shade scale 0..{r_max}):"]
-    for layer, row in enumerate(ranks):
-        shades = "".join(SHADES[min(len(SHADES) - 1, round(r / r_max * (len(SHADES) - 1)))] for r in row)
-        lines.append(f"  L{layer:<3}|{shades}|  {' '.join(map(str, row))}  (min {min(row)}, max {max(row)}, "
-                     f"mean {sum(row) / len(row):.1f})")
-    return "\n".join(lines)
+class StopOnInterrupt:
+    """Ctrl-C asks the trainer to stop after the current step with a checkpoint (the "shutdown" stop reason
+    checkpoints whatever --checkpoint-every is), so an interrupted run resumes; a second Ctrl-C ends it at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopOnInterrupt:
+        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this step with a checkpoint (Ctrl-C again to quit without one)",
+              file=sys.stderr)
+
+    def should_stop(self, step: int) -> str | None:
+        return "shutdown" if self.requested else None
