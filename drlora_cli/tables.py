@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -30,10 +31,11 @@ def print_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], as_json: 
 
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column == "id")  # an id is copied whole
     for row in rows:
         table.add_row(*(cell(c, row.get(c)) for c in columns))
-    console = Console(highlight=False)
+    # Off a terminal (a pipe, grep) nothing is folded: one row per line.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 1000)
     console.print(table if rows else "(none)")
     if more:
         console.print(more)
