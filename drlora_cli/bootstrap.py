@@ -83,7 +83,7 @@ def first_key(settings: Settings, key_file: Path, tenant: str = "default") -> st
 
 
 def registered_models(settings: Settings) -> list[str]:
-    return [row["id"] for row in model_rows(settings)]
+    return [str(row["id"]) for row in model_rows(settings)]
 
 
 def model_rows(settings: Settings) -> list[dict[str, object]]:

@@ -25,11 +25,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("path", type=Path)
     p.add_argument("--purpose", default="fine-tune")
     p.set_defaults(handler=files_upload)
-    p = files.add_parser("list", help="your files, newest first")
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--after")
-    p.add_argument("--json", action="store_true", help="print the API's JSON")
-    p.set_defaults(handler=files_list)
+    _list_parser(files, "your files, newest first", files_list)
     p = files.add_parser("delete", help="delete a file")
     p.add_argument("file_id")
     p.set_defaults(handler=files_delete)
@@ -50,11 +46,7 @@ def register(subparsers: Any) -> None:
                                                         "2 cancelled, 3 paused)")
     p.set_defaults(handler=jobs_create)
 
-    p = jobs.add_parser("list", help="your jobs, newest first")
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--after")
-    p.add_argument("--json", action="store_true", help="print the API's JSON")
-    p.set_defaults(handler=jobs_list)
+    _list_parser(jobs, "your jobs, newest first", jobs_list)
     p = jobs.add_parser("get", help="show a job")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true", help="print the API's JSON")
@@ -78,6 +70,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--checkpoint", help="an intermediate checkpoint (id or step) instead of the final adapter")
     p.add_argument("--extract", type=Path, help="also unpack it into this directory (PEFT loads it from there)")
     p.set_defaults(handler=adapter_download)
+
+
+def _list_parser(group: Any, help_text: str, handler: Any) -> None:
+    p = group.add_parser("list", help=help_text)
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--after", help="the last id of the previous page")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p.set_defaults(handler=handler)
 
 
 def _client() -> Any:
@@ -159,21 +159,24 @@ def _watch_exit(job: dict[str, Any]) -> int:
     return EXIT_CODES.get(job.get("status", "succeeded"), 1)
 
 
-def _page(page: dict[str, Any]) -> str | None:
-    return f"(more: --after {page['data'][-1]['id']})" if page["has_more"] and page["data"] else None
-
-
-def files_list(args: argparse.Namespace) -> int:
+def _list(path: str, args: argparse.Namespace, columns: list[str],
+          row: Any = lambda item: item) -> int:
+    """A list command: one page of `path` as a table of `columns` (each item through `row`), or `--json`."""
     from drlora_cli.tables import print_rows
 
     def show() -> None:
-        page = _client().get("/files", limit=args.limit, after=args.after)
+        page = _client().get(path, limit=args.limit, after=args.after)
         if args.json:
             _print(page)
             return
-        print_rows(page["data"], ["id", "filename", "bytes", "purpose", "status", "created_at"], more=_page(page))
+        more = f"(more: --after {page['data'][-1]['id']})" if page["has_more"] and page["data"] else None
+        print_rows([row(item) for item in page["data"]], columns, more=more)
 
     return _run(show)
+
+
+def files_list(args: argparse.Namespace) -> int:
+    return _list("/files", args, ["id", "filename", "bytes", "purpose", "status", "created_at"])
 
 
 def files_delete(args: argparse.Namespace) -> int:
@@ -185,19 +188,13 @@ def files_delete(args: argparse.Namespace) -> int:
 
 
 def jobs_list(args: argparse.Namespace) -> int:
-    from drlora_cli.tables import print_rows
+    def row(job: dict[str, Any]) -> dict[str, Any]:
+        progress = job["progress"]
+        return {**job, "method": (job.get("method") or {}).get("type", ""),
+                "step": f"{progress['step']}/{progress['total_steps'] or '?'}"}
 
-    def show() -> None:
-        page = _client().get("/fine_tuning/jobs", limit=args.limit, after=args.after)
-        if args.json:
-            _print(page)
-            return
-        rows = [{**job, "method": (job.get("method") or {}).get("type", ""),
-                 "step": f"{job['progress']['step']}/{job['progress']['total_steps'] or '?'}"} for job in page["data"]]
-        print_rows(rows, ["id", "status", "method", "model", "step", "created_at", "fine_tuned_model"],
-                   more=_page(page))
-
-    return _run(show)
+    return _list("/fine_tuning/jobs", args, ["id", "status", "method", "model", "step", "created_at",
+                                             "fine_tuned_model"], row)
 
 
 def jobs_get(args: argparse.Namespace) -> int:

@@ -5,19 +5,16 @@ chromium driven by Playwright through `executable_path` (Playwright's own browse
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.support.service import Api, Process, free_port, wait_until
+from tests.support.service import Api, Process, free_port, start_serve
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
 # Generous waits: the CI machine is shared with worker processes that train while the page is checked.
@@ -45,22 +42,9 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("home")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DRLORA_")}
-    env.update(HOME=str(home), PYTHONUNBUFFERED="1", DRLORA_DEVICE="cpu")
-    proc = Process([sys.executable, "-m", "drlora_cli.main", "serve", "--port", str(port)], env, home / "serve.log",
-                   cwd=home)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert proc.proc.poll() is None, f"drlora serve exited:\n{proc.output()}"
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    proc = start_serve(home, port, DRLORA_DEVICE="cpu")
     try:
-        wait_until(ready, 90, what="drlora serve to answer /readyz")
-        yield Served(home, url, (home / ".drlora" / "api_key").read_text().strip(), proc)
+        yield Served(home, f"http://127.0.0.1:{port}", (home / ".drlora" / "api_key").read_text().strip(), proc)
     finally:
         proc.stop(signal.SIGINT, timeout=90)
 

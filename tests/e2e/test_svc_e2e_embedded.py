@@ -21,7 +21,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.service import REPO, Api, Process, demo_paths, dr_lora, free_port, loads_torch, wait_until
+from tests.support.service import (
+    REPO,
+    Api,
+    Process,
+    demo_paths,
+    dr_lora,
+    free_port,
+    loads_torch,
+    start_serve,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -62,21 +72,9 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("home")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DRLORA_")}
-    env.update(HOME=str(home), PYTHONUNBUFFERED="1")
-    proc = Process([sys.executable, "-m", "drlora_cli.main", "serve", "--port", str(port)], env, home / "serve.log",
-                   cwd=home)
     url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert proc.proc.poll() is None, f"drlora serve exited:\n{proc.output()}"
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    proc = start_serve(home, port)
     try:
-        wait_until(ready, 90, what="drlora serve to answer /readyz")
         key = (home / ".drlora" / "api_key").read_text().strip()
         log = proc.output()
         assert url in log and key in log  # the URL and the key are printed on first start

@@ -23,7 +23,7 @@ from service.db import make_engine, make_sessionmaker
 from service.ids import now
 from service.settings import Settings
 from service.tables import Job, Metric, RankSnapshot
-from tests.support.service import REPO, Api, Process, free_port, settings_env, start_api, wait_until
+from tests.support.service import REPO, Api, free_port, settings_env, start_api, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -134,18 +134,37 @@ class Process:
         return self.log.read_text(errors="replace")[-6000:]
 
 
-def start_api(settings: Settings, port: int, log: Path) -> Process:
-    proc = Process([sys.executable, "-m", "drlora_cli.main", "api", "--port", str(port)], settings_env(settings), log)
-    url = f"http://127.0.0.1:{port}"
+def wait_ready(proc: Process, url: str, timeout: float, what: str) -> None:
+    """Waits until the process answers /readyz at `url`; fails at once, with its output, if it exits."""
 
     def ready() -> bool:
-        assert proc.proc.poll() is None, f"API exited:\n{proc.output()}"
+        assert proc.proc.poll() is None, f"{what} exited:\n{proc.output()}"
         try:
             return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
-    wait_until(ready, 60, what="the API to answer /readyz")
+    wait_until(ready, timeout, what=f"{what} to answer /readyz")
+
+
+def start_api(settings: Settings, port: int, log: Path) -> Process:
+    proc = Process([sys.executable, "-m", "drlora_cli.main", "api", "--port", str(port)], settings_env(settings), log)
+    wait_ready(proc, f"http://127.0.0.1:{port}", 60, "the API")
+    return proc
+
+
+def start_serve(home: Path, port: int, **extra_env: str) -> Process:
+    """`drlora serve` as a newcomer starts it: `HOME` is `home` (so `~/.drlora` is fresh) and no `DRLORA_*` variable
+    is set but `extra_env`; its output goes to home/serve.log. Stop it with SIGINT, as Ctrl-C would."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRLORA_")}
+    env.update(HOME=str(home), PYTHONUNBUFFERED="1", **extra_env)
+    proc = Process([sys.executable, "-m", "drlora_cli.main", "serve", "--port", str(port)], env, home / "serve.log",
+                   cwd=home)
+    try:
+        wait_ready(proc, f"http://127.0.0.1:{port}", 90, "drlora serve")
+    except BaseException:
+        proc.stop(signal.SIGINT, timeout=90)
+        raise
     return proc
 
 
