@@ -45,6 +45,13 @@ def slider_step(page: Page) -> int:
     return value
 
 
+UNNAMED_CONTROLS = """() => [...document.querySelectorAll("button, input, select, textarea")].filter((el) => {
+  const labelled = el.getAttribute("aria-label") || [...(el.labels || [])].map((l) => l.textContent).join("")
+    || el.textContent || el.title;
+  return !labelled.trim();
+}).map((el) => el.outerHTML.slice(0, 120))"""
+
+
 def api_ranks(served: Served, job_id: str, step: int | None = None) -> list[list[int]]:
     params = {} if step is None else {"step": step}
     r = served.api.get(f"/v1/fine_tuning/jobs/{job_id}/ranks", **params)
@@ -89,6 +96,8 @@ def test_an_invalid_dataset_is_refused_with_its_line(page: Page, served: Served,
     page.goto(f"{served.url}/ui/#/new")
     page.get_by_label("Upload a JSONL dataset").set_input_files(bad)
     expect(page.get_by_text("bad.jsonl was refused")).to_contain_text("line 3")
+    expect(page.get_by_label("gamma", exact=True)).to_be_visible()  # the hyperparameters are drawn
+    assert page.evaluate(UNNAMED_CONTROLS) == []
 
 
 @pytest.mark.slow
@@ -266,6 +275,7 @@ def test_a_48_by_128_rank_map_renders_in_under_2_seconds(page: Page, served: Ser
     print(f"48 x 128 job page rendered in {times[0]:.2f} s (first visit) and {times[1]:.2f} s (second)")
     assert min(times) < 2.0, f"the 48 x 128 job page took {times[0]:.2f} s and {times[1]:.2f} s"
     expect(page.locator(".rankmap .cell")).to_have_count(48 * 128)
+    assert page.evaluate(UNNAMED_CONTROLS) == []
     assert shown_ranks(page) == api_ranks(served, job_id)
     cell = page.locator('.rankmap .cell[data-layer="47"][data-expert="127"]')
     box = cell.bounding_box()
