@@ -28,10 +28,7 @@ class Served:
     url: str
     key: str
     proc: Process
-
-    @property
-    def api(self) -> Api:
-        return Api(self.url, self.key)
+    api: Api
 
     @property
     def database_url(self) -> str:
@@ -43,9 +40,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("home")
     port = free_port()
     proc = start_serve(home, port, DRLORA_DEVICE="cpu")
+    url, key = f"http://127.0.0.1:{port}", (home / ".drlora" / "api_key").read_text().strip()
+    api = Api(url, key)
     try:
-        yield Served(home, f"http://127.0.0.1:{port}", (home / ".drlora" / "api_key").read_text().strip(), proc)
+        yield Served(home, url, key, proc, api)
     finally:
+        api.http.close()
         proc.stop(signal.SIGINT, timeout=90)
 
 

@@ -76,6 +76,7 @@ def served(pg_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> I
         yield server
     finally:
         proc.stop()
+        server.api.http.close()
         server.engine.dispose()
 
 
