@@ -8,10 +8,6 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-
-from api.main import create_app
-from drlora_cli.bootstrap import migrate, new_key, register_model
-from service.settings import Settings
 from tests.service.test_svc_api import (  # noqa: F401  (collected here again, with this module's fixtures)
     dataset_client,
     test_bad_datasets_are_refused_with_their_line_and_nothing_is_kept,
@@ -21,6 +17,10 @@ from tests.service.test_svc_api import (  # noqa: F401  (collected here again, w
     test_idempotency_key,
     test_jobs_list_pagination_and_metadata_filter,
 )
+
+from api.main import create_app
+from drlora_cli.bootstrap import migrate, new_key, register_model
+from service.settings import Settings
 from tests.support.service import make_settings
 
 pytestmark = pytest.mark.timeout(60)
