@@ -139,7 +139,10 @@ def test_ctrl_c_writes_a_checkpoint_and_the_rerun_resumes_from_it(tmp_path):
         proc = Process(args, env, tmp_path / log_name)
         wait_until(lambda: re.search(wait_for, proc.output()), 240, what=wait_for)
         proc.send(signal.SIGINT)
-        assert proc.proc.wait(timeout=120) == 130, proc.output()
+        try:
+            assert proc.proc.wait(timeout=120) == 130, proc.output()
+        finally:
+            proc.stop()  # it has exited (or is killed): this closes its log
         return proc, proc.output()
 
     _, first = interrupted_run("first.log", r"\| *[1-9]\d*/400")
