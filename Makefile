@@ -29,7 +29,9 @@ services:
 	bash scripts/services.sh
 
 test: install lint services
+	bash scripts/browser.sh
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test-fast: install lint services
+	bash scripts/browser.sh
 	$(BIN)/pytest -q -p no:cacheprovider -m "not slow" --durations=15

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import handlers
+from api import handlers, ui
 from api.limits import UploadLimit
 from api.logredact import install_key_redaction
 from api.nul import RefuseNul
@@ -62,7 +62,8 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
         limiter.close()
         engine.dispose()
 
-    app = FastAPI(title="drlora", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES,
+    app = FastAPI(title="drlora", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES, docs_url=None,
+                  redoc_url=None,
                   description="Fine-tune Mixture-of-Experts models with DR-LoRA; OpenAI fine-tuning API shapes.")
     app.state.settings, app.state.engine, app.state.sessionmaker, app.state.celery = settings, engine, factory, celery
     app.state.limiter = limiter
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     app.add_middleware(RefuseNul)
     for module in (health, files, models, jobs, events, drlora):
         app.include_router(module.router)
+    ui.mount(app)
     return app
 
 

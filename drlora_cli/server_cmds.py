@@ -1,5 +1,5 @@
-"""Production commands: `drlora api`, `drlora worker`, `drlora db upgrade`, `drlora keys create|revoke`,
-`drlora models add`. Settings come from `DRLORA_*` variables; flags override the few that differ per process."""
+"""Production commands: `drlora api`, `drlora worker`, `drlora db upgrade`, `drlora keys create|revoke|list`,
+`drlora models add|list`. Settings come from `DRLORA_*` variables; flags override the few that differ per process."""
 
 from __future__ import annotations
 
@@ -39,6 +39,9 @@ def register(subparsers: Any) -> None:
     p = keys.add_parser("revoke", help="revoke an API key by its id (key-...)")
     p.add_argument("key_id")
     p.set_defaults(handler=run_keys_revoke)
+    p = keys.add_parser("list", help="every API key: id, tenant, prefix, created, revoked (never the key)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=run_keys_list)
 
     models = subparsers.add_parser("models", help="base models").add_subparsers(dest="models_command", required=True)
     p = models.add_parser("add", help="register a local Hugging Face model directory as a base model")
@@ -46,6 +49,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("dir", type=Path, help="directory with config.json, *.safetensors and the tokenizer")
     p.add_argument("--owned-by", default="system")
     p.set_defaults(handler=run_models_add)
+    p = models.add_parser("list", help="the registered base models and their directories")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=run_models_list)
 
 
 def run_api(args: argparse.Namespace) -> int:
@@ -101,4 +107,21 @@ def run_models_add(args: argparse.Namespace) -> int:
 
     register_model(settings_from(args), args.id, args.dir, args.owned_by)
     print(f"registered base model {args.id} -> {args.dir.resolve()}")
+    return 0
+
+
+def run_keys_list(args: argparse.Namespace) -> int:
+    from drlora_cli.bootstrap import key_rows
+    from drlora_cli.tables import print_rows
+
+    rows = key_rows(settings_from(args))
+    print_rows(rows, ["id", "tenant", "prefix", "created_at", "revoked_at"], args.json)
+    return 0
+
+
+def run_models_list(args: argparse.Namespace) -> int:
+    from drlora_cli.bootstrap import model_rows
+    from drlora_cli.tables import print_rows
+
+    print_rows(model_rows(settings_from(args)), ["id", "owned_by", "created_at", "path"], args.json)
     return 0
