@@ -110,7 +110,7 @@ def one_run(settings: QualitySettings, method: str, seed: int, profile: list[lis
     started = time.perf_counter()
     torch.manual_seed(seed)
     device = torch.device("cpu")
-    model, tokenizer, _ = load_base(settings.model, device, bf16=False)
+    model, tokenizer, _ = load_base(settings.model, device)
     stream = BatchStream(load_dataset(settings.train_file, tokenizer, settings.max_seq_len), settings.batch_size,
                          seed, pad_token_id(tokenizer))
     val = _val_batches(settings.val_file, tokenizer, settings.max_seq_len, 64)
@@ -131,7 +131,7 @@ def evaluate_base(settings: QualitySettings) -> dict[str, Any]:
     from drlora_core.run import _val_batches, load_base
     from drlora_core.trainer import token_loss
 
-    model, tokenizer, _ = load_base(settings.model, torch.device("cpu"), bf16=False)
+    model, tokenizer, _ = load_base(settings.model, torch.device("cpu"))
     model.eval()
     total = count = 0.0
     with torch.no_grad():

@@ -28,7 +28,8 @@ from drlora_core.data import BatchStream, collate, load_dataset, pad_token_id
 from drlora_core.export import export_merged, export_peft
 from drlora_core.trainer import train
 
-__all__ = ["CHECKPOINT_ADAPTER", "RunResult", "latest_checkpoint", "load_base", "resolve_device", "train_run"]
+__all__ = ["CHECKPOINT_ADAPTER", "RunResult", "latest_checkpoint", "load_base", "resolve_device", "resolve_dtype",
+           "train_run"]
 log = logging.getLogger(__name__)
 CHECKPOINT_ADAPTER = "adapter"  # the PEFT adapter's folder inside each checkpoint
 
@@ -54,15 +55,29 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_base(model: str, device: torch.device, bf16: bool = True) -> tuple[Any, Any, Path]:
-    """(model, tokenizer, directory) of a local Hugging Face model or the bundled demo model."""
+def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """The compute dtype of a run: "auto" is bf16 on a CUDA device that has it and fp32 elsewhere (bf16 matmuls
+    are slow on most CPUs); "bf16" is honoured on a CPU too."""
+    if choice == "fp32":
+        return torch.float32
+    if choice == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("dtype", f"{torch.cuda.get_device_name(device)} has no bf16; use fp32")
+        return torch.bfloat16
+    if choice == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    raise ConfigError("dtype", f"must be auto, bf16 or fp32, got {choice!r}")
+
+
+def load_base(model: str, device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[Any, Any, Path]:
+    """(model, tokenizer, directory) of a local Hugging Face model or the bundled demo model, its weights read
+    straight onto `device` in `dtype` (no staging copy in host memory)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = resolve_model_dir(model)
-    dtype = torch.bfloat16 if device.type == "cuda" and bf16 else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
-    base.to(device)  # type: ignore[arg-type]
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map=device, local_files_only=True)
     base.config.use_cache = False
     return base, tokenizer, model_dir
 
@@ -79,7 +94,8 @@ def train_run(model: str, train_file: Path, out_dir: Path, config: RunConfig, va
         raise ConfigError("config", f"{checkpoint} was written with a different configuration; use a new output "
                                     "directory, or the same settings to resume")
     torch.manual_seed(t.seed)
-    base, tokenizer, model_dir = load_base(model, device, t.bf16)
+    dtype = resolve_dtype("auto" if t.bf16 else "fp32", device)
+    base, tokenizer, model_dir = load_base(model, device, dtype)
     examples = load_dataset(train_file, tokenizer, t.max_seq_len)
     stream = BatchStream(examples, t.batch_size, t.seed, pad_token_id(tokenizer))
     val_batches = _val_batches(val_file, tokenizer, t.max_seq_len, t.batch_size) if val_file else []
@@ -89,7 +105,7 @@ def train_run(model: str, train_file: Path, out_dir: Path, config: RunConfig, va
     if data is not None:
         log.info("resuming from %s", checkpoint)
     exporter = CheckpointExporter(adapter, model, model_dir, config)  # first: later callbacks see the adapter/
-    result = train(base, adapter, stream, val_batches, config, out_dir, [exporter, *callbacks], data, device)
+    result = train(base, adapter, stream, val_batches, config, out_dir, [exporter, *callbacks], data, device, dtype)
     completed = result.step >= result.total_steps and result.stopped != "cancel"
     adapter_dir = merged_dir = None
     if completed:
