@@ -33,6 +33,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, help="optimizer steps between checkpoints (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each layer's activations in the backward: less memory, ~1/3 more compute")
     p.add_argument("--merged", action="store_true", help="also write --out/merged: the base model with the "
                                                          "adapter merged into its weights")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
@@ -56,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                    growth_interval=args.growth_interval),
         TrainConfig(max_steps=args.max_steps if args.epochs is None else None,
                     epochs=args.epochs or 1, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                    device=args.device, max_seq_len=args.max_seq_len, checkpoint_every=args.checkpoint_every),
+                    device=args.device, max_seq_len=args.max_seq_len, checkpoint_every=args.checkpoint_every,
+                    gradient_checkpointing=args.gradient_checkpointing),
     )
     if args.max_steps is None and args.epochs is None:
         config = RunConfig(config.lora, TrainConfig(**{**config.train.__dict__, "max_steps": 150}))
