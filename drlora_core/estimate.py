@@ -9,6 +9,8 @@ parts mirror what the engine holds at the peak of a step (the backward of the fi
 - the backward's working set (one layer's activation gradients);
 - the loss: label rows of the last hidden state and one 64 MiB chunk of fp32 logits, its softmax and gradient;
 - the runtime: on a CPU the process's own resident size (Python, torch, transformers), on CUDA its context.
+On a CPU the load can peak above training: transformers maps the checkpoint files while it copies the weights out
+(converted experts included), so `load_peak` = runtime + weights + the mapped files; `peak_bytes` is the larger.
 Validated against measured peaks (docs/benchmarks.md): CPU RSS of `drlora train`, CUDA `max_memory_allocated`.
 """
 
@@ -55,18 +57,24 @@ class RunShape:
 class Estimate:
     parts: dict[str, int]
     flops_per_token: dict[str, int] = field(default_factory=dict)
+    load_peak: int = 0  # CPU only: while the checkpoint is mapped and copied
+
+    @property
+    def train_peak(self) -> int:
+        return sum(self.parts.values())
 
     @property
     def peak_bytes(self) -> int:
-        return sum(self.parts.values())
+        return max(self.train_peak, self.load_peak)
 
     @property
     def device_bytes(self) -> int:
         """What the device allocator itself reports (CUDA's max_memory_allocated leaves out the context)."""
-        return self.peak_bytes - self.parts.get("runtime", 0)
+        return self.train_peak - self.parts.get("runtime", 0)
 
     def to_dict(self) -> dict[str, object]:
         return {"peak_bytes": self.peak_bytes, "peak_gib": round(self.peak_bytes / GIB, 3),
+                "train_peak_bytes": self.train_peak, "load_peak_bytes": self.load_peak,
                 "device_bytes": self.device_bytes, "parts": dict(self.parts),
                 "flops_per_token": dict(self.flops_per_token)}
 
@@ -89,7 +97,9 @@ def estimate(facts: ModelFacts, shape: RunShape) -> Estimate:
         "logits_and_loss": _loss_bytes(facts, shape, b),
         "runtime": CPU_RUNTIME_BYTES if shape.device == "cpu" else CUDA_CONTEXT_BYTES,
     }
-    return Estimate({k: v for k, v in parts.items() if v}, flops_per_token(facts, shape))
+    load_peak = (parts["runtime"] + parts["base_weights"] + facts.total_params * facts.checkpoint_dtype_bytes
+                 if shape.device == "cpu" else 0)
+    return Estimate({k: v for k, v in parts.items() if v}, flops_per_token(facts, shape), load_peak)
 
 
 def _layer_activation_bytes(facts: ModelFacts, shape: RunShape, b: int) -> int:
@@ -134,6 +144,9 @@ def format_table(est: Estimate) -> str:
     width = max(len(k) for k in est.parts) + 2
     lines = [f"{'part':<{width}}{'GiB':>10}"]
     lines += [f"{name:<{width}}{value / GIB:>10.3f}" for name, value in est.parts.items()]
+    lines.append(f"{'training peak':<{width}}{est.train_peak / GIB:>10.3f}")
+    if est.load_peak:
+        lines.append(f"{'load peak':<{width}}{est.load_peak / GIB:>10.3f}")
     lines.append(f"{'peak':<{width}}{est.peak_bytes / GIB:>10.3f}")
     flops = est.flops_per_token
     if flops:

@@ -83,6 +83,7 @@ class ModelFacts:
     attention: Attention
     tie_word_embeddings: bool
     expert_bias: bool  # GPT-OSS: biases on the expert projections and the router
+    checkpoint_dtype_bytes: int = 2  # bytes per weight in the checkpoint files (config `dtype` / `torch_dtype`)
 
     def __post_init__(self) -> None:
         for name in ("layers", "moe_layers", "hidden", "experts", "top_k", "expert_intermediate", "vocab"):
@@ -169,6 +170,7 @@ def facts_from_config(config: dict[str, Any], source: str = "config.json") -> Mo
         vocab=int(need("vocab_size")), max_position_embeddings=int(need("max_position_embeddings")),
         attention=_attention(cfg, model_type, hidden, heads), tie_word_embeddings=bool(cfg.get("tie_word_embeddings")),
         expert_bias=model_type == "gpt_oss",
+        checkpoint_dtype_bytes=4 if str(cfg.get("dtype") or cfg.get("torch_dtype")) == "float32" else 2,
     )
 
 
