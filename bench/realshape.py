@@ -15,7 +15,7 @@ from pathlib import Path
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
-def save_olmoe_width(out_dir: Path, layers: int = 2, seed: int = 0) -> Path:
+def save_olmoe_width(out_dir: Path, layers: int = 2, seed: int = 0, dtype: str = "float32") -> Path:
     import torch
     from transformers import OlmoeForCausalLM
 
@@ -34,6 +34,7 @@ def save_olmoe_width(out_dir: Path, layers: int = 2, seed: int = 0) -> Path:
                 p.fill_(1.0)
             else:
                 p.normal_(0.0, 0.02)
+    model = model.to(getattr(torch, dtype))
     model.save_pretrained(out_dir)
     del model
     for name in TOKENIZER_FILES:
