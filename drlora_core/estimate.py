@@ -9,15 +9,16 @@ parts mirror what the engine holds at the peak of a step (the backward of the fi
 - the backward's working set (one layer's activation gradients);
 - the loss: label rows of the last hidden state and one 64 MiB chunk of fp32 logits, its softmax and gradient;
 - the runtime: on a CPU the process's own resident size (Python, torch, transformers), on CUDA its context.
-On a CPU the load can peak above training: transformers maps the checkpoint files while it copies the weights out
-(converted experts included), so `load_peak` = runtime + weights + the mapped files; `peak_bytes` is the larger.
+On a CPU, transformers memory-maps the checkpoint: weights whose dtype matches the file stay views of the mapping,
+which keeps every page the load touched resident (and counted in RSS) for the whole run, beside the converted
+copies (the fused experts). So there `load_peak` = runtime + weights + the mapped files, and `peak_bytes` is the
+larger of the two peaks. On CUDA the weights are read straight onto the device and the mapping is transient.
 Validated against measured peaks (docs/benchmarks.md): CPU RSS of `drlora train`, CUDA `max_memory_allocated`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from drlora_core.model_facts import ModelFacts
 
@@ -33,9 +34,9 @@ class RunShape:
     batch_size: int = 8
     seq_len: int = 512
     r_max: int = 32
-    dtype: Literal["fp32", "bf16"] = "bf16"
+    dtype: str = "bf16"  # fp32 | bf16
     gradient_checkpointing: bool = False
-    device: Literal["cpu", "cuda"] = "cuda"
+    device: str = "cuda"  # cpu | cuda
     train_router: bool = False
     lora_dropout: float = 0.1
 

@@ -36,7 +36,7 @@ def token_loss(model: nn.Module, batch: Batch, reduction: str = "sum", label_cou
     # label positions first, in order: a stable sort instead of boolean indexing, which would read the device
     positions = torch.argsort(keep.to(torch.int8), descending=True, stable=True)[:count]
     rows, targets = hidden[positions], labels[positions]
-    head = model.get_output_embeddings()
+    head: nn.Linear = model.get_output_embeddings()  # type: ignore[operator]
     scale = _logit_divisor(model)
     step = loss_chunk_rows(int(head.weight.shape[0]))
     total = hidden.new_zeros((), dtype=torch.float32)
