@@ -12,6 +12,7 @@ PY=${PYTHON:-python}
 export PYTHONPATH=${PYTHONPATH:-$PWD}
 mkdir -p "$OUT"
 "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "no CUDA device visible: the GPU check needs one")'
+"$PY" -c 'import peft' 2>/dev/null || { echo "the PEFT round trip needs peft: pip install -e '.[dev]'" >&2; exit 2; }
 "$PY" - <<'PY'
 import sys, torch
 major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
