@@ -51,6 +51,7 @@ def test_demo_run_peak_rss_matches_the_estimate(tmp_path):
 
 
 @pytest.mark.realshape
+@pytest.mark.timeout(3600)
 def test_olmoe_width_model_trains_exports_and_matches_the_estimate(tmp_path):
     from peft import LoraConfig as PeftLoraConfig
     from safetensors import safe_open
