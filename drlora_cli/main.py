@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "drlora_cli.server_cmds",
     "drlora_cli.client_cmds",
     "drlora_cli.bench_cmd",
+    "drlora_cli.estimate_cmd",
 )
 
 

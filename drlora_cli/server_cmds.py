@@ -25,7 +25,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--port", type=int, help="port (default DRLORA_PORT or 8000)")
     p.set_defaults(handler=run_api)
 
-    p = subparsers.add_parser("worker", help="run one training worker (one per GPU)")
+    p = subparsers.add_parser("worker", help="run one training worker (one per GPU); `worker health` checks it")
+    p.add_argument("action", nargs="?", choices=("run", "health"), default="run",
+                   help="health: exit 0 if this host's worker touched its liveness file recently (a healthcheck)")
+    p.add_argument("--max-age", type=float, default=60.0, help="health: seconds the liveness file may be old")
     p.set_defaults(handler=run_worker)
 
     db = subparsers.add_parser("db", help="database administration").add_subparsers(dest="db_command", required=True)
@@ -66,9 +69,15 @@ def run_api(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    if args.action == "health":
+        from worker.alive import alive_path, check_alive
+
+        healthy, why = check_alive(alive_path(settings.data_dir), args.max_age)
+        print(why)
+        return 0 if healthy else 1
     from worker.main import run_worker as start
 
-    settings = settings_from(args)
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     start(settings)
     return 0

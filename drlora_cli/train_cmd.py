@@ -56,8 +56,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default=train.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--dtype", choices=DTYPES, default=train.dtype,
                    help="auto: bf16 on CUDA, fp32 on the CPU (default: %(default)s)")
-    p.add_argument("--gradient-checkpointing", type=_bool_or_auto, default=train.gradient_checkpointing,
-                   help="activation checkpointing: true, false or auto (default: %(default)s)")
+    p.add_argument("--gradient-checkpointing", type=_bool_or_auto, nargs="?", const=True,
+                   default=train.gradient_checkpointing,
+                   help="activation checkpointing: true (the bare flag), false or auto (default: %(default)s)")
     p.add_argument("--merged", action="store_true", help="also write --out/merged: the base model with the "
                                                          "adapter merged into its weights")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
