@@ -58,7 +58,7 @@ def _train_tiny(out_dir, steps: int = 8):
     config = run_config("dr_lora", steps)
     adapter = attach(model, config.lora)
     torch.manual_seed(0)
-    result = train(model, adapter, BatchStream(random_examples(), 4, 0, 0), [], config, out_dir)
+    result = train(model, adapter, BatchStream(random_examples(), 4, 0, 0), [], config, out_dir, base_model="qwen3_moe")
     return result, [p.detach().clone() for p in adapter.lora.parameters()]
 
 

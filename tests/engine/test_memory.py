@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from drlora_core.adapter import attach
+from drlora_core.callbacks import Hooks
 from drlora_core.config import RunConfig
 from drlora_core.data import BatchStream
 from drlora_core.loss import loss_chunk_rows, token_loss
@@ -117,12 +118,8 @@ def test_bf16_trains_on_cpu_with_fp32_adapter_weights(tmp_path):
     adapter = attach(model, config.lora)
     losses = []
 
-    class Losses:
-        def on_step(self, m):
-            losses.append(m.train_loss)
-
-    train(model, adapter, BatchStream(random_examples(), 4, 0, 0), [], config, tmp_path, [Losses()],
-          dtype=torch.bfloat16)
+    train(model, adapter, BatchStream(random_examples(), 4, 0, 0), [], config, tmp_path, base_model="olmoe",
+          callbacks=[Hooks(step=lambda m: losses.append(m.train_loss))], dtype=torch.bfloat16)
     assert len(losses) == 10 and all(torch.isfinite(torch.tensor(losses)))
     assert all(p.dtype == torch.float32 for p in adapter.lora.parameters())
 
@@ -134,7 +131,8 @@ def test_trained_router_update_survives_bf16_at_the_paper_lr(tmp_path):
     adapter = attach(model, config.lora)
     router = adapter.sites[0].router
     start = router.weight.detach().float().clone()
-    train(model, adapter, BatchStream(random_examples(), 4, 0, 0), [], config, tmp_path, dtype=torch.bfloat16)
+    train(model, adapter, BatchStream(random_examples(), 4, 0, 0), [], config, tmp_path, base_model="mixtral",
+          dtype=torch.bfloat16)
     assert router.weight.dtype == torch.float32  # the master copy AdamW updates
     moved = (router.weight.detach() - start).abs()
     assert (moved > 0).float().mean() > 0.95  # bf16 weights kept ~30% of them

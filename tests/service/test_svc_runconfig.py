@@ -132,7 +132,7 @@ def test_a_lora_job_reports_the_r_max_its_adapter_holds(client: TestClient, make
     from drlora_core.run import load_base
 
     config = _stored_config(pg_settings, job["id"])  # what the worker rebuilds and trains with
-    model, _, _ = load_base(DEMO, torch.device("cpu"), bf16=False)
+    model, _, _ = load_base(DEMO, torch.device("cpu"))
     adapter = attach(model, config.lora)
     out = export_peft(adapter, tmp_path / "adapter", base_model=DEMO)
     document = json.loads((out / RANKS_FILE).read_text())
