@@ -19,6 +19,7 @@ from service.errors import Conflict
 from service.events import add_event
 from service.ids import now
 from service.tables import Job
+from service.webhooks import CANCELLED, enqueue_job_event
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -43,6 +44,7 @@ def cancel(session: Session, job: Job) -> None:
         session, job, job.status, status="cancelled", finished_at=now(), requested_action=None
     ):
         add_event(session, job.id, job.attempt, "Job cancelled")
+        enqueue_job_event(session, job.id, CANCELLED)
         return
     if job.status == "running" and _set(session, job, "running", requested_action="cancel"):
         add_event(session, job.id, job.attempt, "Cancellation requested; the worker stops at the next step")

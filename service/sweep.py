@@ -27,6 +27,7 @@ from service.events import add_event
 from service.ids import now
 from service.settings import Settings
 from service.tables import Job
+from service.webhooks import STATUS_EVENTS, enqueue_job_event
 
 log = logging.getLogger("drlora.sweep")
 
@@ -75,6 +76,8 @@ def _reclaim(session: Session, job: Job, t: float) -> None:
     )
     if result.rowcount == 1:  # type: ignore[attr-defined]
         add_event(session, job.id, job.attempt, message, level=level)
+        if values["status"] in STATUS_EVENTS:
+            enqueue_job_event(session, job.id, STATUS_EVENTS[str(values["status"])])
         log.warning("sweep: %s -> %s", job.id, values["status"])
 
 

@@ -27,6 +27,7 @@ from service.jobs import fine_tuned_model_name
 from service.settings import Settings
 from service.storage import StorageError, verified_path
 from service.tables import Artifact, Checkpoint, File, Job, RegisteredModel
+from service.webhooks import STATUS_EVENTS, enqueue_job_event
 from worker.lease import Claim, Fenced, Heartbeat, claim
 from worker.recorder import Recorder
 from worker.retry import write_fenced
@@ -175,6 +176,7 @@ def _finish(s: Session, owned: Claim, status: str, message: str, *, level: str =
     s.execute(update(Job).where(Job.id == owned.job_id).values(
         status=status, finished_at=now(), requested_action=None, lease_expires_at=None, worker_id=None, **values))
     add_event(s, owned.job_id, owned.attempt, message, level=level)
+    enqueue_job_event(s, owned.job_id, STATUS_EVENTS[status])
 
 
 def _release(s: Session, owned: Claim, status: str, message: str) -> None:
