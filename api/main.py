@@ -21,7 +21,7 @@ from api.schemas.errors import ErrorPublic
 from service.broker import make_celery
 from service.db import make_engine, make_sessionmaker
 from service.settings import Settings, get_settings
-from service.sweep import SweepThread
+from service.sweep import sweep_thread
 
 log = logging.getLogger("drlora.api")
 
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        sweeper = SweepThread(factory, celery, settings) if sweep else None
+        sweeper = sweep_thread(factory, celery, settings) if sweep else None
         if sweeper:
             sweeper.start()
         yield

@@ -15,7 +15,6 @@ import json
 import logging
 import socket
 import ssl
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db import transaction
 from service.ids import now
 from service.logsetup import job_context
+from service.periodic import Periodic
 from service.settings import Settings
 from service.tables import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from service.webhook_signing import headers as signed_headers
@@ -173,26 +173,7 @@ def deliver_due(factory: sessionmaker[Session], settings: Settings) -> int:
     return sum(deliver_one(factory, delivery_id, settings) is not None for delivery_id in due)
 
 
-class DeliveryLoop:
-    """Runs `deliver_due` every `webhook_poll_interval_s` in a thread until stopped; a failing pass is logged."""
-
-    def __init__(self, factory: sessionmaker[Session], settings: Settings) -> None:
-        self._factory, self._settings = factory, settings
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="drlora-webhooks", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=hold_s(self._settings))
-
-    def _run(self) -> None:
-        interval = self._settings.webhook_poll_interval_s
-        while not self._stop.wait(interval):
-            try:
-                deliver_due(self._factory, self._settings)
-            except Exception:
-                log.exception("webhook delivery pass failed; trying again in %.1f s", interval)
+def delivery_loop(factory: sessionmaker[Session], settings: Settings) -> Periodic:
+    """Runs `deliver_due` every `webhook_poll_interval_s` once started; stopping waits for a delivery in flight."""
+    return Periodic("drlora-webhooks", settings.webhook_poll_interval_s, lambda: deliver_due(factory, settings),
+                    log=log, stop_timeout_s=hold_s(settings))

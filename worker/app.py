@@ -37,7 +37,7 @@ from service.broker import TRAIN_TASK, make_celery
 from service.db import make_engine, make_sessionmaker
 from service.logsetup import job_context
 from service.settings import Settings, get_settings
-from service.webhook_delivery import DeliveryLoop
+from service.webhook_delivery import delivery_loop
 from worker.job import run_job
 from worker.recorder import shutdown_requested
 
@@ -68,7 +68,7 @@ def create_worker_app(settings: Settings) -> Celery:
             log.info("job %s: %s", job_id, outcome)
         return outcome
 
-    deliveries = DeliveryLoop(factory, settings)
+    deliveries = delivery_loop(factory, settings)
 
     def start_deliveries(sender: Any, **_: Any) -> None:
         if sender.app is app:  # signals are process-wide: only this app's worker starts this loop

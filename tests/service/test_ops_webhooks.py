@@ -24,7 +24,7 @@ from service.ids import now
 from service.settings import Settings
 from service.sweep import reclaim_lost
 from service.tables import Job, WebhookAttempt, WebhookDelivery
-from service.webhook_delivery import DeliveryLoop, deliver_due, retry_delay
+from service.webhook_delivery import deliver_due, delivery_loop, retry_delay
 from service.webhook_urls import UnsafeUrl, resolve
 from service.webhooks import enqueue_job_event
 from tests.support.ops import Tenant, add_job, new_tenant, own_database, session_factory
@@ -230,7 +230,7 @@ def test_a_receiver_down_at_first_gets_the_event_after_retries(client: TestClien
     client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=tenant.auth)
     # enough attempts that a slow machine cannot use them all up before the receiver comes up
     settings = settings.model_copy(update={"webhook_poll_interval_s": 0.05, "webhook_max_attempts": 8})
-    loop = DeliveryLoop(factory, settings)
+    loop = delivery_loop(factory, settings)
     loop.start()
     try:
         [delivery] = deliveries(factory)
