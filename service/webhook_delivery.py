@@ -69,6 +69,11 @@ def claim(factory: sessionmaker[Session], delivery_id: str, settings: Settings) 
         row = s.get(WebhookDelivery, delivery_id)
         if row is None or row.status != "pending" or row.next_attempt_at > t:
             return None
+        if row.attempts >= settings.webhook_max_attempts:  # its last attempt died with its loop: nothing recorded
+            s.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id,
+                                                    WebhookDelivery.attempts == row.attempts)
+                      .values(status="failed", finished_at=t).execution_options(synchronize_session=False))
+            return None
         taken = s.execute(
             update(WebhookDelivery)
             .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending",
@@ -152,20 +157,9 @@ def deliver_one(factory: sessionmaker[Session], delivery_id: str, settings: Sett
     return state
 
 
-def give_up_abandoned(factory: sessionmaker[Session], settings: Settings) -> None:
-    """A delivery whose last attempt died with its loop (the hold ran out, nothing recorded) and has no attempt
-    left is failed here, since no loop may claim it again."""
-    t = now()
-    with transaction(factory) as s:
-        s.execute(update(WebhookDelivery)
-                  .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= t,
-                         WebhookDelivery.attempts >= settings.webhook_max_attempts)
-                  .values(status="failed", finished_at=t).execution_options(synchronize_session=False))
-
-
 def deliver_due(factory: sessionmaker[Session], settings: Settings) -> int:
-    """One pass over the due deliveries, oldest first; answers how many attempts it made."""
-    give_up_abandoned(factory, settings)
+    """One pass over the due deliveries, oldest first; answers how many attempts it made. A pass with nothing due
+    only reads (no write lock taken on SQLite)."""
     with factory() as s:
         due = s.scalars(select(WebhookDelivery.id)
                         .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now())

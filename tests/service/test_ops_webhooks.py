@@ -299,3 +299,22 @@ def test_deleting_an_endpoint_drops_its_pending_deliveries(client: TestClient,
     assert len(deliveries(factory)) == 1
     assert client.delete(f"{HOOKS}/{hook['id']}", headers=tenant.auth).status_code == 200
     assert deliveries(factory) == []
+
+
+def test_an_attempt_whose_loop_died_is_counted_and_taken_again_after_its_hold(
+        client: TestClient, factory: sessionmaker[Session], settings: Settings) -> None:
+    tenant = new_tenant(factory)
+    with receiving() as receiver:
+        register(client, tenant, receiver.url, ["fine_tuning.job.cancelled"])
+        for _ in range(2):
+            client.post(f"/v1/fine_tuning/jobs/{add_job(factory, tenant)}/cancel", headers=tenant.auth)
+        first, last = deliveries(factory)
+        with transaction(factory) as s:  # as a loop that claimed them and died: its hold ran out, nothing recorded
+            s.execute(update(WebhookDelivery).where(WebhookDelivery.id == first.id).values(attempts=1))
+            s.execute(update(WebhookDelivery).where(WebhookDelivery.id == last.id)
+                      .values(attempts=settings.webhook_max_attempts))
+        assert deliver_due(factory, settings) == 1
+        assert [r.headers["webhook-id"] for r in receiver.received] == [first.id]
+    by_id = {d.id: d for d in deliveries(factory)}
+    assert (by_id[first.id].status, by_id[first.id].attempts) == ("delivered", 2)
+    assert (by_id[last.id].status, attempts(factory, last.id)) == ("failed", [])  # no attempt left to make
