@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import openai
 import pytest
@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.main import create_app
+from api.schemas.webhooks import EventType
 from drlora_core.callbacks import ExpertStats, GrowthEvent
 from service.db import transaction
 from service.ids import now
@@ -26,7 +27,7 @@ from service.sweep import reclaim_lost
 from service.tables import Job, WebhookAttempt, WebhookDelivery
 from service.webhook_delivery import deliver_due, delivery_loop, retry_delay
 from service.webhook_urls import UnsafeUrl, resolve
-from service.webhooks import enqueue_job_event
+from service.webhooks import EVENT_TYPES, enqueue_job_event
 from tests.support.ops import Tenant, add_job, new_tenant, own_database, session_factory
 from tests.support.service import wait_until
 from tests.support.webhook_receiver import Receiver, receiving, verify
@@ -93,6 +94,10 @@ def test_the_secret_is_shown_once_and_endpoints_are_the_tenants_own(client: Test
     assert client.delete(f"{HOOKS}/{created['id']}", headers=other.auth).status_code == 404
     assert client.delete(f"{HOOKS}/{created['id']}", headers=owner.auth).json()["deleted"] is True
     assert client.get(f"{HOOKS}/{created['id']}", headers=owner.auth).status_code == 404
+
+
+def test_the_request_schema_offers_exactly_the_event_types_the_service_sends() -> None:
+    assert list(get_args(EventType)) == list(EVENT_TYPES) == ALL
 
 
 def test_unknown_event_types_and_fields_are_refused(client: TestClient, factory: sessionmaker[Session]) -> None:
