@@ -66,9 +66,12 @@ def _database_error(request: Request, exc: Exception) -> JSONResponse:
                           code="database_unavailable", headers={"Retry-After": "1"})
 
 
-def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal server error", "server_error")
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # this handler runs outside the middleware that answers and logs the request id (api/observe.py): do both here
+    request_id = getattr(request.state, "request_id", None)
+    log.exception("unhandled error", exc_info=exc, extra={"request_id": request_id})
+    return error_response(500, "internal server error", "server_error",
+                          headers={"x-request-id": request_id} if request_id else None)
 
 
 def install(app: FastAPI) -> None:

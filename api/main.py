@@ -11,14 +11,17 @@ from fastapi import FastAPI
 from api import handlers, ui
 from api.limits import UploadLimit
 from api.logredact import install_key_redaction
+from api.metrics import ApiMetrics
+from api.metrics import router as metrics_router
 from api.nul import RefuseNul
+from api.observe import Observe
 from api.ratelimit import make_limiter
-from api.routes import drlora, events, files, health, jobs, models
+from api.routes import drlora, events, files, health, jobs, models, webhooks
 from api.schemas.errors import ErrorPublic
 from service.broker import make_celery
 from service.db import make_engine, make_sessionmaker
 from service.settings import Settings, get_settings
-from service.sweep import SweepThread
+from service.sweep import sweep_thread
 
 log = logging.getLogger("drlora.api")
 
@@ -53,7 +56,7 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        sweeper = SweepThread(factory, celery, settings) if sweep else None
+        sweeper = sweep_thread(factory, celery, settings) if sweep else None
         if sweeper:
             sweeper.start()
         yield
@@ -67,11 +70,15 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
                   description="Fine-tune Mixture-of-Experts models with DR-LoRA; OpenAI fine-tuning API shapes.")
     app.state.settings, app.state.engine, app.state.sessionmaker, app.state.celery = settings, engine, factory, celery
     app.state.limiter = limiter
+    app.state.metrics = ApiMetrics(factory)
     handlers.install(app)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RefuseNul)
-    for module in (health, files, models, jobs, events, drlora):
+    app.add_middleware(Observe, metrics=app.state.metrics)  # added last: the outermost, so it sees every answer
+    for module in (health, files, models, jobs, events, drlora, webhooks):
         app.include_router(module.router)
+    if settings.metrics_enabled:
+        app.include_router(metrics_router)
     ui.mount(app)
     return app
 

@@ -10,7 +10,6 @@ dies while the service runs is started again (its job comes back through the swe
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import subprocess
@@ -19,7 +18,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from drlora_cli.server_cmds import LOG_FORMAT
+from drlora_cli.server_cmds import UVICORN_LOGGING
+from service.logsetup import configure_logging
 from service.settings import Settings
 
 WORKER_GRACE_S = 60.0
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from drlora_cli.server_cmds import settings_from
 
     settings = settings_from(args)
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    configure_logging(settings.log_level, settings.log_format or "text")  # a person reads it at a terminal
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings)
     register_demo_model(settings)
@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"API key: in {key_file}", flush=True)
     print(f"\n  export DRLORA_BASE_URL={url} DRLORA_API_KEY=$(cat {key_file})\n\nCtrl-C stops it.\n", flush=True)
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                    **UVICORN_LOGGING)
     finally:
         worker.stop()
     return 0
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
 def worker_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env["DRLORA_DATA_DIR"] = str(settings.data_dir.resolve())
+    env["DRLORA_LOG_FORMAT"] = settings.log_format or "text"  # the same as the API's, in one terminal
     return env
 
 

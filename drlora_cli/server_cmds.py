@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Any
 
+from service.logsetup import configure_logging
 from service.settings import Settings
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# uvicorn logs through our handler (no config of its own); api/observe.py writes the access lines, with request ids
+UVICORN_LOGGING: dict[str, Any] = {"log_config": None, "access_log": False}
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -63,8 +64,9 @@ def run_api(args: argparse.Namespace) -> int:
     from api.main import create_app
 
     settings = settings_from(args)
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    configure_logging(settings.log_level, settings.log_format or "json")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                **UVICORN_LOGGING)
     return 0
 
 
@@ -78,7 +80,8 @@ def run_worker(args: argparse.Namespace) -> int:
         return 0 if healthy else 1
     from worker.main import run_worker as start
 
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    settings = settings_from(args)
+    configure_logging(settings.log_level, settings.log_format or "json")
     start(settings)
     return 0
 

@@ -59,6 +59,7 @@ from service.events import add_event
 from service.ids import now
 from service.statuses import TERMINAL, JobStatus, RequestedAction
 from service.tables import Job
+from service.webhooks import STATUS_EVENTS, enqueue_job_event
 
 
 class Fenced(Exception):
@@ -104,6 +105,12 @@ def _after_attempt(requested: str | None) -> JobStatus:
     return JobStatus.queued
 
 
+def _announce(session: Session, job_id: str, status: str) -> None:
+    """Queue the webhook event a final status sends (in the transaction that wrote it)."""
+    if (event := STATUS_EVENTS.get(JobStatus(status))) is not None:
+        enqueue_job_event(session, job_id, event)
+
+
 def _stopped(status: JobStatus, t: float) -> dict[str, object]:
     """The columns of a job entering `status` from running: the attempt's hold on it and any request are cleared;
     an ended job records when, one going back to the queue is due to be sent to the broker again."""
@@ -138,6 +145,7 @@ def finish(session: Session, job_id: str, attempt: int, *, step: int, fine_tuned
                    fine_tuned_model=fine_tuned_model):
         raise Fenced(f"attempt {attempt} of job {job_id} no longer owns it; it cannot succeed")
     add_event(session, job_id, attempt, message)
+    _announce(session, job_id, JobStatus.succeeded)
 
 
 def fail(session: Session, job_id: str, attempt: int, *, code: str, message: str, param: str | None = None) -> None:
@@ -146,6 +154,7 @@ def fail(session: Session, job_id: str, attempt: int, *, code: str, message: str
                    error={"code": code, "message": message, "param": param}):
         raise Fenced(f"attempt {attempt} of job {job_id} no longer owns it; its failure is not recorded")
     add_event(session, job_id, attempt, f"Job failed: {message}", level="error")
+    _announce(session, job_id, JobStatus.failed)
 
 
 def release(session: Session, job_id: str, attempt: int, step: int) -> JobStatus:
@@ -163,6 +172,7 @@ def release(session: Session, job_id: str, attempt: int, step: int) -> JobStatus
     else:
         message = f"Attempt {attempt} stopped at step {step}; the job is queued to continue from its checkpoint"
     add_event(session, job_id, attempt, message)
+    _announce(session, job_id, status)
     return status
 
 
@@ -190,6 +200,7 @@ def reclaim(session: Session, job: Job, t: float) -> JobStatus | None:
     if not _update(session, where, **_stopped(status, t), **values):
         return None
     add_event(session, job.id, job.attempt, message, level=level)
+    _announce(session, job.id, status)
     return status
 
 
@@ -208,6 +219,7 @@ def _ask(session: Session, job: Job, decide: Callable[[Job], Step]) -> bool:
                    **values):
             add_event(session, job.id, job.attempt, message)
             session.refresh(job)
+            _announce(session, job.id, job.status)
             return True
         session.refresh(job)  # the row changed under us: decide again on the fresh one
     return False

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    # One JSON object a line, or plain text; unset: JSON for `drlora api` / `drlora worker`, text for `drlora serve`.
+    log_format: Literal["json", "text"] | None = None
 
     max_upload_bytes: int = 100 * 2**20
     max_dataset_lines: int = 1_000_000
@@ -48,6 +50,18 @@ class Settings(BaseSettings):
     default_checkpoint_every: int = 50
     device: str = "auto"
     task_queue: str = "drlora"
+
+    # `/metrics` (Prometheus): off when disabled (404); with a token, scrapes must send `Authorization: Bearer TOKEN`.
+    metrics_enabled: bool = True
+    metrics_token: str = ""
+
+    # Webhooks: receivers on loopback, private, link-local or other non-global addresses are refused unless allowed.
+    webhook_allow_private: bool = False
+    webhook_max_attempts: Annotated[int, Field(ge=1)] = 10
+    webhook_backoff_s: Annotated[float, Field(gt=0)] = 5.0  # the wait before the first retry; doubles each time
+    webhook_backoff_max_s: Annotated[float, Field(gt=0)] = 3600.0
+    webhook_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    webhook_poll_interval_s: Annotated[float, Field(gt=0)] = 1.0
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -26,6 +26,14 @@ class RequestedAction(StrEnum):
     pause = "pause"
 
 
+class DeliveryStatus(StrEnum):
+    """A webhook delivery's state (service.webhook_delivery): pending until delivered or out of attempts."""
+
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"
+
+
 # Tuples, not sets: a plain string from a row or a response must match by equality.
 TERMINAL = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 STOPPED = (*TERMINAL, JobStatus.paused)  # nothing runs it until a client resumes it, if ever

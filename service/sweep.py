@@ -17,7 +17,6 @@ worker/app.py).
 from __future__ import annotations
 
 import logging
-import threading
 
 from celery import Celery
 from sqlalchemy import select
@@ -27,6 +26,7 @@ from service import jobstate
 from service.broker import send_train
 from service.db import transaction
 from service.ids import now
+from service.periodic import Periodic
 from service.settings import Settings
 from service.tables import Job
 
@@ -73,25 +73,6 @@ def dispatch(factory: sessionmaker[Session], celery: Celery, job_id: str) -> boo
     return True
 
 
-class SweepThread:
-    """Runs `sweep_once` every `sweep_interval_s` until stopped; a failing pass is logged, never fatal."""
-
-    def __init__(self, factory: sessionmaker[Session], celery: Celery, settings: Settings) -> None:
-        self._args = (factory, celery, settings)
-        self._interval = settings.sweep_interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="drlora-sweep", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                sweep_once(*self._args)
-            except Exception:
-                log.exception("sweep pass failed; trying again in %.0f s", self._interval)
+def sweep_thread(factory: sessionmaker[Session], celery: Celery, settings: Settings) -> Periodic:
+    """Runs `sweep_once` every `sweep_interval_s` once started."""
+    return Periodic("drlora-sweep", settings.sweep_interval_s, lambda: sweep_once(factory, celery, settings), log=log)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
+from service.logsetup import configure_logging
 from service.settings import get_settings
 from worker.main import run_worker
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_worker(get_settings())
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format or "json")
+    run_worker(settings)

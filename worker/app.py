@@ -18,6 +18,10 @@
   would kill the process mid-write, so they are not used.
 - Retries: none at the Celery level. A training error is deterministic and fails the job at once; a lost worker is
   retried by the sweep up to `max_attempts`, each attempt resuming from the last recorded checkpoint.
+- Webhooks: each worker process also runs the delivery loop (service/webhook_delivery.py) in a thread from the
+  moment it is ready, so events go out while a job trains and the API never waits on a receiver; loops in several
+  workers share the queue through conditional claims.
+- Logs: while a job runs, every line the process writes (the heartbeat thread's too) carries its job id.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import task_received, worker_shutting_down
+from celery.signals import task_received, worker_ready, worker_shutdown, worker_shutting_down
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.broker import TRAIN_TASK, make_celery
 from service.db import make_engine, make_sessionmaker
+from service.logsetup import job_context
 from service.settings import Settings, get_settings
+from service.webhook_delivery import delivery_loop
 from worker.job import run_job
 from worker.recorder import shutdown_requested
 
@@ -57,10 +63,23 @@ def create_worker_app(settings: Settings) -> Celery:
 
     @app.task(name=TRAIN_TASK, ignore_result=True)
     def train_job(job_id: str) -> str:
-        outcome = run_job(job_id, factory, settings)
-        log.info("job %s: %s", job_id, outcome)
+        with job_context(job_id, whole_process=True):  # one job per process (solo pool)
+            outcome = run_job(job_id, factory, settings)
+            log.info("job %s: %s", job_id, outcome)
         return outcome
 
+    deliveries = delivery_loop(factory, settings)
+
+    def start_deliveries(sender: Any, **_: Any) -> None:
+        if sender.app is app:  # signals are process-wide: only this app's worker starts this loop
+            deliveries.start()
+
+    def stop_deliveries(sender: Any, **_: Any) -> None:
+        if sender.app is app:
+            deliveries.stop()
+
+    worker_ready.connect(start_deliveries, weak=False)
+    worker_shutdown.connect(stop_deliveries, weak=False)
     return app
 
 

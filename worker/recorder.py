@@ -25,6 +25,7 @@ from service.ids import new_id, now
 from service.jobstate import Fenced
 from service.statuses import RequestedAction
 from service.tables import Artifact, Checkpoint, ExpertStat, GrowthEvent, Job, Metric, RankSnapshot
+from service.webhooks import GROWTH, enqueue_job_event
 from worker.lease import Claim, Heartbeat
 from worker.retry import write_fenced
 
@@ -89,9 +90,10 @@ class Recorder:
                                   frequency=e.frequency, importance=e.importance))
             self._record_stats(s, stats)
             added = sum(e.new_rank - e.old_rank for e in events)
+            growth = {"step": stats.step, "grown_experts": len(events), "added_rank": added}
             add_event(s, self.claim.job_id, self.claim.attempt,
-                      f"Step {stats.step}: grew {len(events)} experts by {added} rank slices in total",
-                      data={"step": stats.step, "grown_experts": len(events), "added_rank": added})
+                      f"Step {stats.step}: grew {len(events)} experts by {added} rank slices in total", data=growth)
+            enqueue_job_event(s, self.claim.job_id, GROWTH, growth)
 
         self._write(write)
 

@@ -194,11 +194,21 @@ class World:
         r = call(app, "POST", JOBS, headers=auth(self.intruder), json=job_body(self.intruder_file))
         assert r.status_code == 200, r.text
         self.intruder_job = r.json()["id"]
+        self.hook_url = f"https://93.184.216.34/owner-hook-{secrets.token_hex(4)}"  # a public address: no DNS
+        self.webhook = self.register_webhook(self.owner, self.hook_url)
+        self.intruder_webhook = self.register_webhook(self.intruder, "https://93.184.216.34/intruder")
         self.doc: dict[str, Any] = call(app, "GET", "/openapi.json").json()
+
+    def register_webhook(self, key: str, url: str) -> str:
+        r = call(self.app, "POST", "/v1/webhooks", headers=auth(key),
+                 json={"url": url, "events": ["fine_tuning.job.succeeded"]})
+        assert r.status_code == 200, r.text
+        return str(r.json()["id"])
 
     def owner_markers(self) -> list[str]:
         """Strings only the owner's rows hold: none may reach the intruder."""
-        return [self.file, self.job, self.model, self.checkpoint, "owner-metadata-value", self.tenant]
+        return [self.file, self.job, self.model, self.checkpoint, "owner-metadata-value", self.tenant, self.webhook,
+                self.hook_url]
 
     def operations(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(verb, path template, operation) for every route of the OpenAPI document."""
@@ -213,11 +223,11 @@ def world(pg_settings: Settings) -> Iterator[World]:
 
 # The id each path parameter names; a route with a parameter not listed here fails the test until it is added.
 UNKNOWN = {"file_id": "file-0123456789abcdef01234567", "fine_tuning_job_id": "ftjob-0123456789abcdef01234567",
-           "model": "ft:test-model:owned:ftjob-0123456789abcdef01234567"}
+           "model": "ft:test-model:owned:ftjob-0123456789abcdef01234567", "webhook_id": "wh-0123456789abcdef01234567"}
 
 
 def path_ids(world: World) -> dict[str, str]:
-    return {"file_id": world.file, "fine_tuning_job_id": world.job, "model": world.model}
+    return {"file_id": world.file, "fine_tuning_job_id": world.job, "model": world.model, "webhook_id": world.webhook}
 
 
 def fill(template: str, ids: dict[str, str]) -> str:
@@ -296,7 +306,7 @@ def test_lists_and_the_intruders_own_resources_never_show_foreign_rows(world: Wo
     checked = 0
     for template in gets:
         url = fill(template, {"fine_tuning_job_id": world.intruder_job, "file_id": world.intruder_file,
-                              "model": "test-model"})
+                              "model": "test-model", "webhook_id": world.intruder_webhook})
         r = call(world.app, "GET", url, headers=auth(world.intruder))
         assert r.status_code in (200, 409), (url, r.text)  # 409: the intruder's own adapter is not ready
         for marker in world.owner_markers():
@@ -571,7 +581,7 @@ def test_keys_never_appear_in_the_logs_and_a_revoked_key_is_refused_at_once(
         assert bucket in names and not [n for n in names if key in n]
     time.sleep(0.5)  # let the access log flush
     text = logs[0].read_text(errors="replace")
-    assert "GET /v1/models" in text and " DEBUG " in text  # the log really is at debug level
+    assert "GET /v1/models" in text and '"level": "DEBUG"' in text  # JSON lines, really at debug level
     for secret in (key, forged, key[len("drl-"):], forged[len("drl-"):]):
         assert secret not in text
 
