@@ -13,7 +13,7 @@ from api.limits import UploadLimit
 from api.logredact import install_key_redaction
 from api.nul import RefuseNul
 from api.ratelimit import make_limiter
-from api.routes import drlora, events, files, health, jobs, models
+from api.routes import drlora, events, files, health, jobs, models, profiles
 from api.schemas.errors import ErrorPublic
 from service.broker import make_celery
 from service.db import make_engine, make_sessionmaker
@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     handlers.install(app)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RefuseNul)
-    for module in (health, files, models, jobs, events, drlora):
+    for module in (health, files, models, jobs, events, drlora, profiles):
         app.include_router(module.router)
     ui.mount(app)
     return app

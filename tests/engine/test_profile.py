@@ -52,7 +52,7 @@ def test_profile_frequencies_equal_the_routing_the_trainer_records_at_step_0(sma
     # a different first batch routes differently: the comparison above can fail
     reseeded = dataclasses.replace(config(), train=dataclasses.replace(config().train, seed=4))
     other = profile_run(DEMO_MODEL_ID, small_file, reseeded, max_examples=BATCH)
-    assert any(abs(a - b) > 1e-3 for x, y in zip(other.frequency, trainer, strict=True) for a, b in zip(x, y))
+    assert any(abs(a - b) > 1e-3 for x, y in zip(other.frequency, trainer, strict=True) for a, b in zip(x, y, strict=True))
 
 
 def test_static_starts_from_the_ranks_the_profile_predicts(small_file: Path, tmp_path: Path):
