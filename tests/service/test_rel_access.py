@@ -190,6 +190,10 @@ class World:
             self.tenant = str(s.scalar(select(Job.tenant_id).where(Job.id == self.job)))
             self.request_hash = str(s.scalar(select(Job.request_hash).where(Job.id == self.job)))
         engine.dispose()
+        r = call(app, "POST", "/v1/fine_tuning/profiles", headers=auth(self.owner),
+                 json={"model": "test-model", "training_file": self.file})
+        assert r.status_code == 200, r.text
+        self.profile = r.json()["id"]
         self.intruder_file = upload(app, self.intruder)
         r = call(app, "POST", JOBS, headers=auth(self.intruder), json=job_body(self.intruder_file))
         assert r.status_code == 200, r.text
@@ -198,7 +202,7 @@ class World:
 
     def owner_markers(self) -> list[str]:
         """Strings only the owner's rows hold: none may reach the intruder."""
-        return [self.file, self.job, self.model, self.checkpoint, "owner-metadata-value", self.tenant]
+        return [self.file, self.job, self.model, self.checkpoint, "owner-metadata-value", self.tenant, self.profile]
 
     def operations(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(verb, path template, operation) for every route of the OpenAPI document."""
@@ -213,11 +217,12 @@ def world(pg_settings: Settings) -> Iterator[World]:
 
 # The id each path parameter names; a route with a parameter not listed here fails the test until it is added.
 UNKNOWN = {"file_id": "file-0123456789abcdef01234567", "fine_tuning_job_id": "ftjob-0123456789abcdef01234567",
-           "model": "ft:test-model:owned:ftjob-0123456789abcdef01234567"}
+           "model": "ft:test-model:owned:ftjob-0123456789abcdef01234567",
+           "profile_id": "ftprof-0123456789abcdef01234567"}
 
 
 def path_ids(world: World) -> dict[str, str]:
-    return {"file_id": world.file, "fine_tuning_job_id": world.job, "model": world.model}
+    return {"file_id": world.file, "fine_tuning_job_id": world.job, "model": world.model, "profile_id": world.profile}
 
 
 def fill(template: str, ids: dict[str, str]) -> str:
