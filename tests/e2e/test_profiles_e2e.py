@@ -20,7 +20,6 @@ from tests.support.service import (
     STALL_FLOOR_S,
     Api,
     demo_paths,
-    dr_lora,
     free_port,
     loads_torch,
     start_api,
@@ -78,8 +77,9 @@ def test_profile_with_the_cli_then_a_job_on_the_same_data_routes_the_same(
 
     with Api(url, key) as api:
         r = api.post("/v1/fine_tuning/jobs", {"model": "drlora-demo-moe", "training_file": file_id, "seed": 5,
-                                              "method": dr_lora(max_steps=1, batch_size=8, max_seq_len=64,
-                                                                checkpoint_every=0, dropout=0.0)})
+                                              "method": {"type": "lora", "lora": {"hyperparameters": {
+                                                  "max_steps": 1, "batch_size": 8, "max_seq_len": 64,
+                                                  "r_target": 4, "checkpoint_every": 0}}}})
         assert r.status_code == 200, r.text
         api.wait_status(r.json()["id"], ("succeeded",))
         experts = api.get(f"/v1/fine_tuning/jobs/{r.json()['id']}/experts").json()
