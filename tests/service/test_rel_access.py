@@ -198,6 +198,10 @@ class World:
         r = call(app, "POST", JOBS, headers=auth(self.intruder), json=job_body(self.intruder_file))
         assert r.status_code == 200, r.text
         self.intruder_job = r.json()["id"]
+        r = call(app, "POST", "/v1/fine_tuning/profiles", headers=auth(self.intruder),
+                 json={"model": "test-model", "training_file": self.intruder_file})
+        assert r.status_code == 200, r.text
+        self.intruder_profile = r.json()["id"]
         self.doc: dict[str, Any] = call(app, "GET", "/openapi.json").json()
 
     def owner_markers(self) -> list[str]:
@@ -301,7 +305,7 @@ def test_lists_and_the_intruders_own_resources_never_show_foreign_rows(world: Wo
     checked = 0
     for template in gets:
         url = fill(template, {"fine_tuning_job_id": world.intruder_job, "file_id": world.intruder_file,
-                              "model": "test-model"})
+                              "model": "test-model", "profile_id": world.intruder_profile})
         r = call(world.app, "GET", url, headers=auth(world.intruder))
         assert r.status_code in (200, 409), (url, r.text)  # 409: the intruder's own adapter is not ready
         for marker in world.owner_markers():
