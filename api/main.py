@@ -16,7 +16,7 @@ from api.metrics import router as metrics_router
 from api.nul import RefuseNul
 from api.observe import Observe
 from api.ratelimit import make_limiter
-from api.routes import drlora, events, files, health, jobs, models, webhooks
+from api.routes import drlora, events, files, health, jobs, models, profiles, webhooks
 from api.schemas.errors import ErrorPublic
 from service.broker import make_celery
 from service.db import make_engine, make_sessionmaker
@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RefuseNul)
     app.add_middleware(Observe, metrics=app.state.metrics)  # added last: the outermost, so it sees every answer
-    for module in (health, files, models, jobs, events, drlora, webhooks):
+    for module in (health, files, models, jobs, events, drlora, profiles, webhooks):
         app.include_router(module.router)
     if settings.metrics_enabled:
         app.include_router(metrics_router)

@@ -59,6 +59,7 @@ class TokenizedData:
     examples: list[Example]
     dropped: int  # records left with no target after truncation
     truncated: int  # records cut to max_seq_len, dropped or not
+    lengths: list[int]  # every record's token count before the cut, in file order (the routing profile's statistics)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ def tokenize_records(fmt: Format, records: Sequence[dict[str, Any]], tokenizer: 
 
     examples: list[Example] = []
     dropped = truncated = 0
+    lengths: list[int] = []
     for ps in pieces:
         input_ids: list[int] = []
         labels: list[int] = []
@@ -94,6 +96,7 @@ def tokenize_records(fmt: Format, records: Sequence[dict[str, Any]], tokenizer: 
             ids = next(encoded) + list(piece.ids_after)
             input_ids += ids
             labels += ids if piece.labelled else [IGNORE_INDEX] * len(ids)
+        lengths.append(len(input_ids))
         if len(input_ids) > max_seq_len:
             truncated += 1
             input_ids, labels = input_ids[:max_seq_len], labels[:max_seq_len]
@@ -108,7 +111,7 @@ def tokenize_records(fmt: Format, records: Sequence[dict[str, Any]], tokenizer: 
             f"no record has a token to learn from within max_seq_len={max_seq_len}; "
             "raise max_seq_len or shorten the prompts",
         )
-    return TokenizedData(examples=examples, dropped=dropped, truncated=truncated)
+    return TokenizedData(examples=examples, dropped=dropped, truncated=truncated, lengths=lengths)
 
 
 def load_dataset(path: str | os.PathLike[str], tokenizer: Any, max_seq_len: int) -> list[Example]:

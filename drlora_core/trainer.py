@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +30,14 @@ from drlora_core.callbacks import (
 )
 from drlora_core.config import RunConfig
 from drlora_core.data import BatchStream
+from drlora_core.device import Batch
+from drlora_core.device import autocast as _autocast
+from drlora_core.device import to_device as _to_device
 from drlora_core.export import export_run_adapter
-from drlora_core.growth import Plan, allocate, event_quota, grow, plan_growth, proportional_ranks
+from drlora_core.growth import Plan, allocate, event_quota, grow, plan_growth
 from drlora_core.loss import token_loss
+from drlora_core.profile import STATIC_PROFILE_BATCHES, profile_batches, routing_counts, static_ranks
 from drlora_core.signals import Signals, saliency
-
-Batch = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -193,22 +194,13 @@ def _growth_event(adapter: Adapter, signals: Signals, plan: Plan, step: int, opt
     return grown
 
 
-@torch.no_grad()
 def _set_static_ranks(model: nn.Module, adapter: Adapter, stream: BatchStream, config: RunConfig,
                       device: torch.device, dtype: torch.dtype) -> None:
     """`static`: ranks proportional to routing frequency measured on a pass over the training data."""
-    model.eval()
-    steps = min(stream.steps_per_epoch, 64)
-    for index in range(steps):
-        batch = _to_device(stream.batch_at(0, index * stream.batch_size), device)
-        with adapter.routing.training_forward(batch["attention_mask"]), _autocast(device, dtype):
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    counts = adapter.routing.take_counts().cpu()
-    lora = config.lora
-    for layer, bank in enumerate(adapter.banks):
-        n = bank.num_experts
-        r_init, r_target, r_max = lora.ranks
-        ranks = proportional_ranks(counts[layer, :n].tolist(), n * r_target, r_init, r_max)
+    batches = profile_batches(stream, STATIC_PROFILE_BATCHES)
+    counts = routing_counts(model, adapter, batches, device, dtype)
+    experts = [bank.num_experts for bank in adapter.banks]
+    for bank, ranks in zip(adapter.banks, static_ranks(counts, experts, config.lora), strict=True):
         bank.set_ranks(ranks)
 
 
@@ -246,17 +238,6 @@ def _next_batch(stream: BatchStream, state: _State) -> Batch:
 
 def _label_count(batch: Batch) -> int:
     return int((batch["labels"][:, 1:] != -100).sum())
-
-
-def _to_device(batch: Batch, device: torch.device) -> Batch:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def _autocast(device: torch.device, dtype: torch.dtype):  # type: ignore[no-untyped-def]
-    """Mixed precision in `dtype` (bf16 works on CPU too); fp32 runs as it is."""
-    if dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def _save(out_dir: Path, base_model: str, adapter: Adapter, routers: list[nn.Parameter], signals: Signals,

@@ -11,6 +11,7 @@ from celery import Celery
 from service.settings import Settings
 
 TRAIN_TASK = "drlora.train_job"
+PROFILE_TASK = "drlora.profile_routing"  # a routing profile (service/profiles.py): the profile id only
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -61,3 +62,8 @@ def _redis_options(settings: Settings) -> dict[str, float]:
 def send_train(app: Celery, job_id: str) -> None:
     """Raises whatever the broker raises; callers leave the job queued and let the sweep retry."""
     app.send_task(TRAIN_TASK, args=[job_id], retry=False)
+
+
+def send_profile(app: Celery, profile_id: str) -> None:
+    """Raises whatever the broker raises; the profile stays queued and the sweep re-sends it."""
+    app.send_task(PROFILE_TASK, args=[profile_id], retry=False)

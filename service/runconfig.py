@@ -25,8 +25,10 @@ TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def build_run_config(method: Method, hyperparameters: dict[str, Any], seed: int, model_dir: Path,
-                     examples: int) -> RunConfig:
-    """The resolved configuration of a job; raises Unprocessable / InvalidRequest naming the parameter."""
+                     examples: int, *, param_prefix: str | None = None) -> RunConfig:
+    """The resolved configuration of a job; raises Unprocessable / InvalidRequest naming the parameter, under
+    `param_prefix` (default: the job body's `method.<method>.hyperparameters.`)."""
+    prefix = f"method.{method}.hyperparameters." if param_prefix is None else param_prefix
     lora: dict[str, Any] = {"method": method}
     train: dict[str, Any] = {"seed": seed}
     for name, value in hyperparameters.items():
@@ -37,11 +39,11 @@ def build_run_config(method: Method, hyperparameters: dict[str, Any], seed: int,
     try:
         requested = RunConfig(LoraConfig(**lora), TrainConfig(**train))
     except ConfigError as e:
-        raise Unprocessable(_message(method, e), param=_param(method, e.param), code="invalid_value") from None
+        raise Unprocessable(_message(prefix, e), param=_param(prefix, e.param), code="invalid_value") from None
     try:
         return resolve(requested, RunFacts(parameter_count(model_dir), examples))
     except ConfigError as e:
-        raise InvalidRequest(_message(method, e), param=_param(method, e.param), code="invalid_value") from None
+        raise InvalidRequest(_message(prefix, e), param=_param(prefix, e.param), code="invalid_value") from None
 
 
 def hyperparameters_view(config: RunConfig, names: Iterable[str]) -> dict[str, Any]:
@@ -54,10 +56,10 @@ def _api_name(field: str) -> str:
     return next((api for api, name in RENAMES.items() if name == field), field)
 
 
-def _param(method: str, field: str) -> str:
-    return f"method.{method}.hyperparameters.{_api_name(field)}"
+def _param(prefix: str, field: str) -> str:
+    return f"{prefix}{_api_name(field)}"
 
 
-def _message(method: str, e: ConfigError) -> str:
+def _message(prefix: str, e: ConfigError) -> str:
     text = str(e).removeprefix(f"{e.param}: ")
-    return f"{_param(method, e.param)}: {text}"
+    return f"{_param(prefix, e.param)}: {text}"

@@ -236,3 +236,26 @@ class WebhookAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "attempt"),)
+
+
+class Profile(Base):
+    """A routing profile of a base model on a training file (no training): queued -> running -> succeeded | failed.
+    `result` holds `drlora_core.profile_run.RoutingProfile.to_dict()` once it succeeded."""
+
+    __tablename__ = "profiles"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(200))
+    training_file: Mapped[str] = mapped_column(String(40))
+    max_examples: Mapped[int] = mapped_column(Integer)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)  # resolved, under the API's names
+    run_config: Mapped[dict[str, Any]] = mapped_column(JSON)  # RunConfig.to_dict(): what the worker profiles with
+    status: Mapped[str] = mapped_column(String(20))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    dispatched_at: Mapped[float | None] = mapped_column(Float)
+    __table_args__ = (Index("ix_profiles_status", "status"),)

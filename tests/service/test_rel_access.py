@@ -190,6 +190,10 @@ class World:
             self.tenant = str(s.scalar(select(Job.tenant_id).where(Job.id == self.job)))
             self.request_hash = str(s.scalar(select(Job.request_hash).where(Job.id == self.job)))
         engine.dispose()
+        r = call(app, "POST", "/v1/fine_tuning/profiles", headers=auth(self.owner),
+                 json={"model": "test-model", "training_file": self.file})
+        assert r.status_code == 200, r.text
+        self.profile = r.json()["id"]
         self.intruder_file = upload(app, self.intruder)
         r = call(app, "POST", JOBS, headers=auth(self.intruder), json=job_body(self.intruder_file))
         assert r.status_code == 200, r.text
@@ -197,6 +201,10 @@ class World:
         self.hook_url = f"https://93.184.216.34/owner-hook-{secrets.token_hex(4)}"  # a public address: no DNS
         self.webhook = self.register_webhook(self.owner, self.hook_url)
         self.intruder_webhook = self.register_webhook(self.intruder, "https://93.184.216.34/intruder")
+        r = call(app, "POST", "/v1/fine_tuning/profiles", headers=auth(self.intruder),
+                 json={"model": "test-model", "training_file": self.intruder_file})
+        assert r.status_code == 200, r.text
+        self.intruder_profile = r.json()["id"]
         self.doc: dict[str, Any] = call(app, "GET", "/openapi.json").json()
 
     def register_webhook(self, key: str, url: str) -> str:
@@ -208,7 +216,7 @@ class World:
     def owner_markers(self) -> list[str]:
         """Strings only the owner's rows hold: none may reach the intruder."""
         return [self.file, self.job, self.model, self.checkpoint, "owner-metadata-value", self.tenant, self.webhook,
-                self.hook_url]
+                self.hook_url, self.profile]
 
     def operations(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(verb, path template, operation) for every route of the OpenAPI document."""
@@ -223,11 +231,13 @@ def world(pg_settings: Settings) -> Iterator[World]:
 
 # The id each path parameter names; a route with a parameter not listed here fails the test until it is added.
 UNKNOWN = {"file_id": "file-0123456789abcdef01234567", "fine_tuning_job_id": "ftjob-0123456789abcdef01234567",
-           "model": "ft:test-model:owned:ftjob-0123456789abcdef01234567", "webhook_id": "wh-0123456789abcdef01234567"}
+           "model": "ft:test-model:owned:ftjob-0123456789abcdef01234567", "webhook_id": "wh-0123456789abcdef01234567",
+           "profile_id": "ftprof-0123456789abcdef01234567"}
 
 
 def path_ids(world: World) -> dict[str, str]:
-    return {"file_id": world.file, "fine_tuning_job_id": world.job, "model": world.model, "webhook_id": world.webhook}
+    return {"file_id": world.file, "fine_tuning_job_id": world.job, "model": world.model, "webhook_id": world.webhook,
+            "profile_id": world.profile}
 
 
 def fill(template: str, ids: dict[str, str]) -> str:
@@ -306,7 +316,8 @@ def test_lists_and_the_intruders_own_resources_never_show_foreign_rows(world: Wo
     checked = 0
     for template in gets:
         url = fill(template, {"fine_tuning_job_id": world.intruder_job, "file_id": world.intruder_file,
-                              "model": "test-model", "webhook_id": world.intruder_webhook})
+                              "model": "test-model", "webhook_id": world.intruder_webhook,
+                              "profile_id": world.intruder_profile})
         r = call(world.app, "GET", url, headers=auth(world.intruder))
         assert r.status_code in (200, 409), (url, r.text)  # 409: the intruder's own adapter is not ready
         for marker in world.owner_markers():

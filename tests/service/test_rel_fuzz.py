@@ -53,7 +53,8 @@ class Tenant:
     key: str
     file_id: str
     job_id: str
-    spare_file_id: str  # for the DELETEs, so that the other operations keep their file
+    spare_file_id: str
+    profile_id: str  # for the DELETEs, so that the other operations keep their file
 
 
 @pytest.fixture(scope="module", params=["postgresql", "sqlite"])
@@ -92,7 +93,9 @@ def tenant(client: TestClient, backend: Settings) -> Tenant:
                                data={"purpose": "fine-tune"}).json()["id"] for _ in range(2))
     job = client.post(JOBS, headers=auth, json={"model": "test-model", "training_file": file}).json()["id"]
     assert client.post(f"{JOBS}/{job}/cancel", headers=auth).json()["status"] == "cancelled"
-    return Tenant(key=key, file_id=file, job_id=job, spare_file_id=spare)
+    profile = client.post("/v1/fine_tuning/profiles", headers=auth,
+                          json={"model": "test-model", "training_file": file}).json()["id"]
+    return Tenant(key=key, file_id=file, job_id=job, spare_file_id=spare, profile_id=profile)
 
 
 @pytest.mark.slow  # about 2,000 requests per backend: minutes on 2 cores; CI runs it
@@ -101,7 +104,8 @@ def test_fuzzing_the_openapi_document_finds_no_error(app: FastAPI, tenant: Tenan
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     cfg = fuzz_config(tenant.key, seed=SEED, max_examples=MAX_EXAMPLES, request_timeout_s=STREAM_TIMEOUT_S)
     schema = load_schema(
-        app, cfg, path_ids={"fine_tuning_job_id": tenant.job_id, "file_id": tenant.file_id},
+        app, cfg, path_ids={"fine_tuning_job_id": tenant.job_id, "file_id": tenant.file_id,
+                            "profile_id": tenant.profile_id},
         body_values={"model": "test-model", "training_file": tenant.file_id, "validation_file": tenant.file_id,
                      "purpose": "fine-tune", "file": DATA},
         delete_ids={"file_id": tenant.spare_file_id},

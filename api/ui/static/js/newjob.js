@@ -2,6 +2,7 @@
 // OpenAPI document), submit.
 import { api } from "./api.js";
 import { el } from "./format.js";
+import { profileSection } from "./profile.js";
 import { methodFields } from "./schema.js";
 
 export function newJob(root) {
@@ -17,6 +18,16 @@ export function newJob(root) {
   const hyper = el("fieldset", { class: "hyper" }, el("legend", { text: "Hyperparameters" }));
   const submit = el("button", { type: "submit", text: "Start job" });
   let fields = {};
+  // The profile uses the form's max_seq_len, batch size and ranks when the chosen method has them.
+  const profile = profileSection({
+    model: () => model.value,
+    trainingFile: () => trainingFile.value,
+    settings: () => {
+      const chosen = hyperparameters();
+      return Object.fromEntries(["max_seq_len", "batch_size", "r_init", "r_target", "r_max"]
+        .filter((name) => chosen[name] !== undefined && chosen[name] !== null).map((name) => [name, chosen[name]]));
+    },
+  });
 
   const form = el("form", { class: "card new-job", "aria-label": "new fine-tuning job" },
     el("h1", { text: "New fine-tuning job" }),
@@ -34,7 +45,7 @@ export function newJob(root) {
     el("section", { id: "estimate", class: "estimate", "aria-label": "pre-flight estimate" },
       el("h2", { text: "Pre-flight estimate" }),
       el("p", { class: "note", text: "Not available yet: the service does not offer a dry run of create." })),
-    submit, alert);
+    profile.root, submit, alert);
   root.append(form);
 
   async function loadFiles(selected) {
@@ -46,6 +57,7 @@ export function newJob(root) {
     validationFile.replaceChildren(el("option", { value: "", text: "none" }), ...options(fineTune));
     trainingFile.value = selected || training;
     validationFile.value = validation;
+    profile.refresh();
   }
 
   function showFields() {
@@ -96,6 +108,8 @@ export function newJob(root) {
     }
   });
   method.addEventListener("change", showFields);
+  trainingFile.addEventListener("change", profile.refresh);
+  model.addEventListener("change", profile.refresh);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     alert.textContent = "";
@@ -120,6 +134,7 @@ export function newJob(root) {
       model.replaceChildren(...models.data.map((m) => el("option", { value: m.id, text: m.id })));
       fields = methods;
       showFields();
+      profile.refresh();
     } catch (err) {
       alert.textContent = `Could not load the form: ${err.message}`;
     }
