@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 100 * 2**20
     max_dataset_lines: int = 1_000_000
     max_line_bytes: int = 2**20
+    # Every request body other than an upload (JSON); 413 above.
+    max_body_bytes: Annotated[int, Field(gt=0)] = 2**20
+    # Event streams (`?stream=true`) one API key may hold open in one API process (429 above); 0 disables.
+    max_streams_per_key: Annotated[int, Field(ge=0)] = 10
+    stream_poll_s: Annotated[float, Field(gt=0)] = 1.0  # how often an open stream looks for new events
+    stream_keepalive_s: Annotated[float, Field(gt=0)] = 15.0  # a comment line on an idle stream this often
 
     # Per API key: bursts up to `rate_limit_requests`, then that many per window (429 above); 0 disables.
     rate_limit_requests: Annotated[int, Field(ge=0)] = 600
