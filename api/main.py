@@ -9,12 +9,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import handlers
-from api.limits import UploadLimit
+from api.auth import AuthGate
+from api.limits import BodyLimit
 from api.logredact import install_key_redaction
 from api.nul import RefuseNul
 from api.ratelimit import make_limiter
 from api.routes import drlora, events, files, health, jobs, models
 from api.schemas.errors import ErrorPublic
+from api.streams import StreamSlots
 from service.broker import make_celery
 from service.db import make_engine, make_sessionmaker
 from service.settings import Settings, get_settings
@@ -65,9 +67,10 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     app = FastAPI(title="drlora", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES,
                   description="Fine-tune Mixture-of-Experts models with DR-LoRA; OpenAI fine-tuning API shapes.")
     app.state.settings, app.state.engine, app.state.sessionmaker, app.state.celery = settings, engine, factory, celery
-    app.state.limiter = limiter
+    app.state.limiter, app.state.stream_slots = limiter, StreamSlots(settings.max_streams_per_key)
     handlers.install(app)
-    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(AuthGate)  # outside BodyLimit: no byte of the body is read before the key is checked
     app.add_middleware(RefuseNul)
     for module in (health, files, models, jobs, events, drlora):
         app.include_router(module.router)
