@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import anyio.from_thread
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import Message
 
 from service.errors import InvalidRequest, Unprocessable
 
@@ -21,8 +22,11 @@ MAX_FIELD_BYTES = 1024
 
 def body_chunks(request: Request) -> Iterator[bytes]:
     """The request body, message by message, read from a worker thread."""
+    async def receive() -> Message:
+        return await request.receive()
+
     while True:
-        message = anyio.from_thread.run(request.receive)
+        message = anyio.from_thread.run(receive)
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
         yield message.get("body", b"")

@@ -10,9 +10,11 @@ from fastapi import FastAPI
 
 from api import handlers
 from api.auth import AuthGate
+from api.headers import SafeHeaders
 from api.limits import BodyLimit
 from api.logredact import install_key_redaction
 from api.nul import RefuseNul
+from api.operations import describe
 from api.ratelimit import make_limiter
 from api.routes import drlora, events, files, health, jobs, models
 from api.schemas.errors import ErrorPublic
@@ -46,9 +48,8 @@ ERROR_RESPONSES[503] = {
 def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastAPI:
     settings = settings or get_settings()
     install_key_redaction()
-    for folder in (settings.data_dir, settings.files_root, settings.artifact_root):
-        folder.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.sqlalchemy_url)
+    settings.make_private_dirs()
+    engine = make_engine(settings.sqlalchemy_url, pool_timeout_s=settings.db_pool_timeout_s)
     factory = make_sessionmaker(engine)
     celery = make_celery(settings)
     limiter = make_limiter(settings)
@@ -72,7 +73,9 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(AuthGate)  # outside BodyLimit: no byte of the body is read before the key is checked
     app.add_middleware(RefuseNul)
+    app.add_middleware(SafeHeaders)
     for module in (health, files, models, jobs, events, drlora):
+        describe(module.router)
         app.include_router(module.router)
     return app
 

@@ -21,6 +21,7 @@ def job_public(job: Job) -> JobPublic:
         trained_tokens=job.trained_tokens, error=JobError(**job.error) if job.error else None, result_files=[],
         estimated_finish=_int(job.estimated_finish), metadata=job.meta,
         progress=JobProgress(step=job.step, total_steps=job.total_steps),
+        pending_action=job.requested_action if job.status == JobStatus.running else None,
     )
 
 

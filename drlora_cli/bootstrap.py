@@ -27,8 +27,7 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(settings: Settings) -> None:
-    if settings.is_sqlite:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.make_private_dirs()
     command.upgrade(alembic_config(settings.sqlalchemy_url), "head")
 
 

@@ -45,7 +45,6 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings)
     register_demo_model(settings)
     key_file = settings.data_dir / "api_key"

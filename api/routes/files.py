@@ -34,10 +34,7 @@ def file_public(row: File) -> FilePublic:
                       purpose=row.purpose, format=row.format, lines=row.lines)
 
 
-@router.post("", response_model=FilePublic, openapi_extra=UPLOAD_BODY, summary="Upload a training file",
-             description="Multipart `file` (JSONL) and `purpose` (`fine-tune`). The file is validated line by line "
-             "while it is received; the first bad line, a line too many or a file over the size cap is refused at "
-             "once with its line number, and nothing is kept.")
+@router.post("", response_model=FilePublic, openapi_extra=UPLOAD_BODY)
 def upload_file(
     request: Request, factory: SessionFactoryDep, tenant: CurrentTenant, settings: SettingsDep,
 ) -> FilePublic | JSONResponse:

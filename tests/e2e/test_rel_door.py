@@ -126,7 +126,7 @@ def test_fifty_open_streams_starve_no_other_tenant(served: Served) -> None:
         extra.close()
         assert head.startswith(b"HTTP/1.1 429") and b"too_many_streams" in head + extra.recv(0), head[:400]
         timings = timed_reads(served, served.key(), ("/v1/models", "/v1/files"), count=20)
-        print(f"\n[{served.settings.is_sqlite and 'sqlite' or 'postgresql'}] {STREAMS} streams open: slowest read "
+        print(f"\n[{'sqlite' if served.settings.is_sqlite else 'postgresql'}] {STREAMS} streams open: slowest read "
               f"{max(t for t, _ in timings) * 1000:.0f} ms over {len(timings)}")
         assert all(status == 200 for _, status in timings), timings
         assert max(t for t, _ in timings) < READ_BOUND_S, timings
