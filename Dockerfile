@@ -1,26 +1,27 @@
 # syntax=docker/dockerfile:1
-# Two images from one file:
-#   docker build --target api    -t drlora-api .     # the HTTP API: no torch, no engine (only drlora_core.formats)
-#   docker build --target worker -t drlora-worker .  # the CUDA training worker (also runs migrations and admin)
-# Both run the repository tree from /app with PYTHONPATH, and the same commands the tests run:
-# `python -m drlora_cli.main api|worker|db upgrade|keys create|models add`.
+# Two images from one file; each installs the tree with its extra of pyproject.toml (no dependency list here):
+#   docker build --target api    -t drlora-api .     # the HTTP API: `.[api]`, no torch
+#   docker build --target worker -t drlora-worker .  # the CUDA training worker: `.[worker]` on a CUDA torch image
+# Both run `python -m drlora_cli.main api|worker|db upgrade|keys create|models add|estimate`.
 
 ARG PYTHON_IMAGE=python:3.11-slim
-ARG TORCH_IMAGE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
+# The worker's torch comes from this image and must be >= 2.10 (F.grouped_mm); pip keeps it, since it satisfies
+# the `engine` extra's `torch>=2.10`. Pick the CUDA build your driver supports (docs/models.md).
+ARG TORCH_IMAGE=pytorch/pytorch:2.10.0-cuda12.8-cudnn9-runtime
 
 # ---- API: web, database and broker client libraries only ---------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS api
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PYTHONPATH=/app DRLORA_DATA_DIR=/data
 WORKDIR /app
-# The service dependencies of pyproject.toml, without torch/transformers (the API never imports them).
-RUN pip install "fastapi>=0.115" "uvicorn>=0.30" "python-multipart>=0.0.9" "pydantic>=2.7" "pydantic-settings>=2.3" \
-        "sqlalchemy>=2.0.30" "alembic>=1.13" "psycopg[binary]>=3.2" "celery>=5.4" "redis>=5.0" "httpx>=0.27"
+COPY pyproject.toml README.md alembic.ini ./
 COPY api ./api
+COPY service ./service
 COPY migrations ./migrations
-COPY alembic.ini ./
 COPY drlora_cli ./drlora_cli
-# The engine package marker and the standard-library dataset validator; nothing else of the engine.
-COPY drlora_core/__init__.py drlora_core/formats.py drlora_core/assets.py ./drlora_core/
+# The engine's standard-library modules only: dataset validation, atomic writes, asset ids, the pre-flight estimate.
+COPY drlora_core/__init__.py drlora_core/formats.py drlora_core/atomic.py drlora_core/assets.py \
+     drlora_core/model_facts.py drlora_core/estimate.py ./drlora_core/
+RUN pip install ".[api]"
 RUN useradd --uid 10001 --create-home drlora && mkdir -p /data && chown drlora /data
 USER drlora
 EXPOSE 8000
@@ -34,17 +35,22 @@ FROM ${TORCH_IMAGE} AS worker
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PYTHONPATH=/app DRLORA_DATA_DIR=/data \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 WORKDIR /app
-# torch comes with the base image; pin nothing that would replace it.
-RUN pip install "transformers>=5.0" "safetensors>=0.4" "tokenizers>=0.21" "tqdm>=4.66" \
-        "fastapi>=0.115" "uvicorn>=0.30" "python-multipart>=0.0.9" "pydantic>=2.7" "pydantic-settings>=2.3" \
-        "sqlalchemy>=2.0.30" "alembic>=1.13" "psycopg[binary]>=3.2" "celery>=5.4" "redis>=5.0" "httpx>=0.27"
+# Fail the build, not the first job, if the base image's torch is too old for the engine.
+RUN python -c "import torch, sys; v = tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]); \
+sys.exit(0 if v >= (2, 10) else f'torch {torch.__version__} in TORCH_IMAGE; drlora needs >= 2.10')"
+COPY pyproject.toml README.md alembic.ini ./
 COPY api ./api
+COPY service ./service
 COPY worker ./worker
 COPY migrations ./migrations
-COPY alembic.ini ./
 COPY drlora_cli ./drlora_cli
 COPY drlora_core ./drlora_core
-RUN useradd --uid 10001 --create-home drlora && mkdir -p /data && chown drlora /data
+COPY bench ./bench
+COPY scripts ./scripts
+RUN pip install ".[worker]"
+RUN useradd --uid 10001 --create-home drlora && mkdir -p /data /models && chown drlora /data
 USER drlora
+# Answers while a job trains (Celery's ping cannot: the solo pool blocks its consumer for the whole job).
+HEALTHCHECK --interval=30s --timeout=10s --retries=3 --start-period=60s CMD ["python", "-m", "drlora_cli.main", "worker", "health"]
 ENTRYPOINT ["python", "-m", "drlora_cli.main"]
 CMD ["worker"]

@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install serve demo test test-fast lint services
+.PHONY: install serve demo test test-fast lint services gpu-check
 
 $(BIN)/drlora: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,7 +29,13 @@ services:
 	bash scripts/services.sh
 
 test: install lint services
+	bash scripts/browser.sh
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test-fast: install lint services
+	bash scripts/browser.sh
 	$(BIN)/pytest -q -p no:cacheprovider -m "not slow" --durations=15
+
+# On a machine with one CUDA device and a CUDA torch >= 2.10: speed, memory against the estimate, PEFT round trip.
+gpu-check:
+	bash scripts/gpu_check.sh runs/gpu-check

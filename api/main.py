@@ -8,9 +8,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import handlers
+from api import handlers, ui
 from api.auth import AuthGate
-from api.headers import SafeHeaders
 from api.limits import BodyLimit
 from api.logredact import install_key_redaction
 from api.nul import RefuseNul
@@ -65,7 +64,8 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
         limiter.close()
         engine.dispose()
 
-    app = FastAPI(title="drlora", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES,
+    app = FastAPI(title="drlora", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES, docs_url=None,
+                  redoc_url=None,
                   description="Fine-tune Mixture-of-Experts models with DR-LoRA; OpenAI fine-tuning API shapes.")
     app.state.settings, app.state.engine, app.state.sessionmaker, app.state.celery = settings, engine, factory, celery
     app.state.limiter, app.state.stream_slots = limiter, StreamSlots(settings.max_streams_per_key)
@@ -73,10 +73,10 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(AuthGate)  # outside BodyLimit: no byte of the body is read before the key is checked
     app.add_middleware(RefuseNul)
-    app.add_middleware(SafeHeaders)
     for module in (health, files, models, jobs, events, drlora):
         describe(module.router)
         app.include_router(module.router)
+    ui.mount(app)
     return app
 
 

@@ -106,7 +106,7 @@ def evaluate_base(settings: QualitySettings) -> dict[str, Any]:
     from drlora_core.run import load_base, load_batches
     from drlora_core.trainer import token_loss
 
-    model, tokenizer, _ = load_base(settings.model, torch.device("cpu"), bf16=False)
+    model, tokenizer, _ = load_base(settings.model, torch.device("cpu"))
     model.eval()
     total = count = 0.0
     with torch.no_grad():

@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import select
 
 from service.db import make_engine, make_sessionmaker, transaction
 from service.ids import now
 from service.keys import NewKey, create_key
 from service.settings import Settings
-from service.tables import RegisteredModel
+from service.tables import ApiKey, RegisteredModel, Tenant
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 
@@ -77,3 +79,25 @@ def first_key(settings: Settings, key_file: Path, tenant: str = "default") -> st
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
     return key
+
+
+def model_rows(settings: Settings) -> list[dict[str, object]]:
+    """The registered base models: id, owned_by, path, created_at."""
+    query = select(RegisteredModel.id, RegisteredModel.owned_by, RegisteredModel.path, RegisteredModel.created_at)
+    return _rows(settings, query.order_by(RegisteredModel.id))
+
+
+def key_rows(settings: Settings) -> list[dict[str, object]]:
+    """Every API key: id, tenant, prefix (never the key or its hash), created_at, revoked_at."""
+    query = (select(ApiKey.id, Tenant.name.label("tenant"), ApiKey.prefix, ApiKey.created_at, ApiKey.revoked_at)
+             .join(Tenant, Tenant.id == ApiKey.tenant_id).order_by(Tenant.name, ApiKey.created_at))
+    return _rows(settings, query)
+
+
+def _rows(settings: Settings, query: Any) -> list[dict[str, object]]:
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            return [dict(row._mapping) for row in session.execute(query)]
+    finally:
+        engine.dispose()

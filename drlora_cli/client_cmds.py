@@ -1,7 +1,9 @@
 """Client commands against a running service: `drlora files`, `drlora jobs`, `drlora adapter`.
 
-They read `DRLORA_BASE_URL` (default http://127.0.0.1:8000) and `DRLORA_API_KEY`, print JSON objects as the API
-returns them (tables for lists), and exit non-zero with the API's error message when a request is refused.
+They read `DRLORA_BASE_URL` (default http://127.0.0.1:8000) and `DRLORA_API_KEY`, print tables for lists and
+summaries for single objects (`--json` prints what the API returned), and exit non-zero with the API's error message
+when a request is refused. `jobs watch` and `jobs create --watch` exit 0 when the job succeeded, 1 when it failed,
+2 when it was cancelled and 3 when it was paused.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("path", type=Path)
     p.add_argument("--purpose", default="fine-tune")
     p.set_defaults(handler=files_upload)
+    _list_parser(files, "your files, newest first", files_list)
+    p = files.add_parser("delete", help="delete a file")
+    p.add_argument("file_id")
+    p.set_defaults(handler=files_delete)
 
     jobs = subparsers.add_parser("jobs", help="fine-tuning jobs").add_subparsers(dest="jobs_command", required=True)
     p = jobs.add_parser("create", help="start a fine-tuning job")
@@ -37,19 +43,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--idempotency-key")
-    p.add_argument("--watch", action="store_true", help="follow the job until it ends")
+    p.add_argument("--watch", action="store_true", help="follow the job until it ends (exit 0 succeeded, 1 failed, "
+                                                        "2 cancelled, 3 paused)")
     p.set_defaults(handler=jobs_create)
 
-    p = jobs.add_parser("list", help="your jobs, newest first")
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--after")
-    p.set_defaults(handler=jobs_list)
-    for name, help_text in (("get", "show a job"), ("cancel", "cancel a job"), ("pause", "pause a job at a checkpoint"),
+    _list_parser(jobs, "your jobs, newest first", jobs_list)
+    p = jobs.add_parser("get", help="show a job")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p.set_defaults(handler=jobs_get)
+    for name, help_text in (("cancel", "cancel a job"), ("pause", "pause a job at a checkpoint"),
                             ("resume", "resume a paused job from its checkpoint")):
         p = jobs.add_parser(name, help=help_text)
         p.add_argument("job_id")
         p.set_defaults(handler=jobs_action, action=name)
-    p = jobs.add_parser("watch", help="live progress, loss and rank heatmap of a job")
+    p = jobs.add_parser("watch", help="live progress, losses and rank map of a job (exit 0 succeeded, 1 failed, "
+                                      "2 cancelled, 3 paused)")
     p.add_argument("job_id")
     p.add_argument("--interval", type=float, default=1.0)
     p.set_defaults(handler=jobs_watch)
@@ -62,6 +71,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--checkpoint", help="an intermediate checkpoint (id or step) instead of the final adapter")
     p.add_argument("--extract", type=Path, help="also unpack it into this directory (PEFT loads it from there)")
     p.set_defaults(handler=adapter_download)
+
+
+def _list_parser(group: Any, help_text: str, handler: Any) -> None:
+    p = group.add_parser("list", help=help_text)
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--after", help="the last id of the previous page")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p.set_defaults(handler=handler)
 
 
 def _client() -> Any:
@@ -121,50 +138,100 @@ def jobs_create(args: argparse.Namespace) -> int:
     if args.metadata:
         body["metadata"] = _pairs(args.metadata, "--metadata")
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+    outcome: dict[str, Any] = {}
 
     def create() -> None:
         client = _client()
         job = client.post("/fine_tuning/jobs", json=body, headers=headers)
-        _print(job)
-        if args.watch:
-            from drlora_cli.watch import watch
+        if not args.watch:
+            _print(job)
+            return
+        from drlora_cli.watch import watch
 
-            watch(client, job["id"])
+        print(f"created {job['id']} ({args.method} on {job['model']})")
+        outcome.update(watch(client, job["id"]))
 
-    return _run(create)
+    return _run(create) or _watch_exit(outcome)
+
+
+def _watch_exit(job: dict[str, Any]) -> int:
+    from drlora_cli.watch import EXIT_CODES
+
+    return EXIT_CODES.get(job.get("status", JobStatus.succeeded), 1)
+
+
+def _list(path: str, args: argparse.Namespace, columns: list[str],
+          row: Any = lambda item: item) -> int:
+    """A list command: one page of `path` as a table of `columns` (each item through `row`), or `--json`."""
+    from drlora_cli.tables import print_rows
+
+    def show() -> None:
+        page = _client().get(path, limit=args.limit, after=args.after)
+        if args.json:
+            _print(page)
+            return
+        more = f"(more: --after {page['data'][-1]['id']})" if page["has_more"] and page["data"] else None
+        print_rows([row(item) for item in page["data"]], columns, more=more)
+
+    return _run(show)
+
+
+def files_list(args: argparse.Namespace) -> int:
+    return _list("/files", args, ["id", "filename", "bytes", "purpose", "status", "created_at"])
+
+
+def files_delete(args: argparse.Namespace) -> int:
+    def delete() -> None:
+        _client().request("DELETE", f"/files/{args.file_id}")
+        print(f"deleted {args.file_id}")
+
+    return _run(delete)
 
 
 def jobs_list(args: argparse.Namespace) -> int:
+    def row(job: dict[str, Any]) -> dict[str, Any]:
+        progress = job["progress"]
+        return {**job, "method": (job.get("method") or {}).get("type", ""),
+                "step": f"{progress['step']}/{progress['total_steps'] or '?'}"}
+
+    return _list("/fine_tuning/jobs", args, ["id", "status", "method", "model", "step", "created_at",
+                                             "fine_tuned_model"], row)
+
+
+def jobs_get(args: argparse.Namespace) -> int:
+    from drlora_cli.tables import cell
+
     def show() -> None:
-        page = _client().get("/fine_tuning/jobs", limit=args.limit, after=args.after)
-        print(f"{'id':<32} {'status':<10} {'model':<20} {'step':>12}  fine_tuned_model")
-        for job in page["data"]:
-            progress = job["progress"]
-            step = f"{progress['step']}/{progress['total_steps'] or '?'}"
-            print(f"{job['id']:<32} {job['status']:<10} {job['model']:<20} {step:>12}  {job['fine_tuned_model'] or ''}")
-        if page["has_more"]:
-            print(f"(more: --after {page['data'][-1]['id']})")
+        job = _client().get(f"/fine_tuning/jobs/{args.job_id}")
+        if args.json:
+            _print(job)
+            return
+        progress = job["progress"]
+        fields = {"id": job["id"], "status": job["status"], "model": job["model"],
+                  "method": (job.get("method") or {}).get("type", ""),
+                  "progress": f"{progress['step']}/{progress['total_steps'] or '?'}",
+                  "created_at": cell("created_at", job["created_at"]),
+                  "finished_at": cell("finished_at", job["finished_at"]),
+                  "fine_tuned_model": job["fine_tuned_model"] or "", "training_file": job["training_file"],
+                  "validation_file": job["validation_file"] or "",
+                  "hyperparameters": " ".join(f"{k}={v}" for k, v in sorted(job["hyperparameters"].items())),
+                  "error": f"{job['error']['code']}: {job['error']['message']}" if job.get("error") else ""}
+        for name, value in fields.items():
+            print(f"{name:<17} {value}")
 
     return _run(show)
 
 
 def jobs_action(args: argparse.Namespace) -> int:
-    path = f"/fine_tuning/jobs/{args.job_id}"
-    if args.action == "get":
-        return _run(lambda: _print(_client().get(path)))
-    return _run(lambda: _print(_client().post(f"{path}/{args.action}")))
+    return _run(lambda: _print(_client().post(f"/fine_tuning/jobs/{args.job_id}/{args.action}")))
 
 
 def jobs_watch(args: argparse.Namespace) -> int:
     from drlora_cli.watch import watch
 
-    result: dict[str, Any] = {}
-
-    def follow() -> None:
-        result.update(watch(_client(), args.job_id, args.interval))
-
-    code = _run(follow)
-    return code or (0 if result.get("status") in (JobStatus.succeeded, JobStatus.paused) else 1)
+    outcome: dict[str, Any] = {}
+    code = _run(lambda: outcome.update(watch(_client(), args.job_id, args.interval)))
+    return code or _watch_exit(outcome)
 
 
 def adapter_download(args: argparse.Namespace) -> int:

@@ -15,15 +15,27 @@ COMMAND_MODULES: tuple[str, ...] = (
     "drlora_cli.server_cmds",
     "drlora_cli.client_cmds",
     "drlora_cli.bench_cmd",
+    "drlora_cli.estimate_cmd",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drlora", description="Fine-tune MoE models with DR-LoRA.")
+    parser.add_argument("--version", action="version", version=f"drlora {version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("drlora")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0.1.0+source"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

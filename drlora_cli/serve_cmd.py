@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     worker.start()
     url = f"http://{settings.host}:{settings.port}"
     print(f"\ndrlora is running at {url}  (data in {settings.data_dir})", flush=True)
+    print(f"dashboard: {url}/ui/  (sign in with the API key)", flush=True)
     if key:
         print(f"API key (shown once, also written to {key_file}):\n{key}", flush=True)
     else:

@@ -1,5 +1,5 @@
-"""Production commands: `drlora api`, `drlora worker`, `drlora db upgrade`, `drlora keys create|revoke`,
-`drlora models add`. Settings come from `DRLORA_*` variables; flags override the few that differ per process."""
+"""Production commands: `drlora api`, `drlora worker`, `drlora db upgrade`, `drlora keys create|revoke|list`,
+`drlora models add|list`. Settings come from `DRLORA_*` variables; flags override the few that differ per process."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--port", type=int, help="port (default DRLORA_PORT or 8000)")
     p.set_defaults(handler=run_api)
 
-    p = subparsers.add_parser("worker", help="run one training worker (one per GPU)")
+    p = subparsers.add_parser("worker", help="run one training worker (one per GPU); `worker health` checks it")
+    p.add_argument("action", nargs="?", choices=("run", "health"), default="run",
+                   help="health: exit 0 if this host's worker touched its liveness file recently (a healthcheck)")
+    p.add_argument("--max-age", type=float, default=60.0, help="health: seconds the liveness file may be old")
     p.set_defaults(handler=run_worker)
 
     db = subparsers.add_parser("db", help="database administration").add_subparsers(dest="db_command", required=True)
@@ -39,6 +42,9 @@ def register(subparsers: Any) -> None:
     p = keys.add_parser("revoke", help="revoke an API key by its id (key-...)")
     p.add_argument("key_id")
     p.set_defaults(handler=run_keys_revoke)
+    p = keys.add_parser("list", help="every API key: id, tenant, prefix, created, revoked (never the key)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=run_keys_list)
 
     models = subparsers.add_parser("models", help="base models").add_subparsers(dest="models_command", required=True)
     p = models.add_parser("add", help="register a local Hugging Face model directory as a base model")
@@ -46,6 +52,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("dir", type=Path, help="directory with config.json, *.safetensors and the tokenizer")
     p.add_argument("--owned-by", default="system")
     p.set_defaults(handler=run_models_add)
+    p = models.add_parser("list", help="the registered base models and their directories")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=run_models_list)
 
 
 def run_api(args: argparse.Namespace) -> int:
@@ -60,9 +69,15 @@ def run_api(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    if args.action == "health":
+        from worker.alive import alive_path, check_alive
+
+        healthy, why = check_alive(alive_path(settings.data_dir), args.max_age)
+        print(why)
+        return 0 if healthy else 1
     from worker.main import run_worker as start
 
-    settings = settings_from(args)
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     start(settings)
     return 0
@@ -101,4 +116,21 @@ def run_models_add(args: argparse.Namespace) -> int:
 
     register_model(settings_from(args), args.id, args.dir, args.owned_by)
     print(f"registered base model {args.id} -> {args.dir.resolve()}")
+    return 0
+
+
+def run_keys_list(args: argparse.Namespace) -> int:
+    from drlora_cli.bootstrap import key_rows
+    from drlora_cli.tables import print_rows
+
+    rows = key_rows(settings_from(args))
+    print_rows(rows, ["id", "tenant", "prefix", "created_at", "revoked_at"], args.json)
+    return 0
+
+
+def run_models_list(args: argparse.Namespace) -> int:
+    from drlora_cli.bootstrap import model_rows
+    from drlora_cli.tables import print_rows
+
+    print_rows(model_rows(settings_from(args)), ["id", "owned_by", "created_at", "path"], args.json)
     return 0

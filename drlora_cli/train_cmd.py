@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+from drlora_cli.render import rank_summary
 
 if TYPE_CHECKING:
     from drlora_core.callbacks import ExpertStats, GrowthEvent, StepMetrics, StopReason
 
 from drlora_core.config import AUTO, DTYPES, METHODS, RunConfig
 
-SHADES = " .:-=+*#%@"
 DEFAULT = RunConfig()
 
 
@@ -53,8 +56,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default=train.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--dtype", choices=DTYPES, default=train.dtype,
                    help="auto: bf16 on CUDA, fp32 on the CPU (default: %(default)s)")
-    p.add_argument("--gradient-checkpointing", type=_bool_or_auto, default=train.gradient_checkpointing,
-                   help="activation checkpointing: true, false or auto (default: %(default)s)")
+    p.add_argument("--gradient-checkpointing", type=_bool_or_auto, nargs="?", const=True,
+                   default=train.gradient_checkpointing,
+                   help="activation checkpointing: true (the bare flag), false or auto (default: %(default)s)")
     p.add_argument("--merged", action="store_true", help="also write --out/merged: the base model with the "
                                                          "adapter merged into its weights")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
@@ -63,6 +67,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from drlora_core.assets import DEMO_MODEL_ID, demo_train_file, demo_val_file
+    from drlora_core.callbacks import Hooks
     from drlora_core.config import ConfigError
     from drlora_core.formats import DatasetError
     from drlora_core.run import train_run
@@ -74,16 +79,22 @@ def run(args: argparse.Namespace) -> int:
             return 2
         train_file, val_file = demo_train_file(), val_file or demo_val_file()
     progress = ProgressBar()
+    interrupt = StopOnInterrupt()
     try:
         config = run_config(args, train_file)
         print("settings: " + ", ".join(f"{k}={v}" for k, v in _shown(config).items()))
-        result = train_run(args.model, train_file, args.out, config, val_file, [progress], not args.no_resume,
-                           args.merged)
+        with interrupt:
+            result = train_run(args.model, train_file, args.out, config, val_file, [progress, Hooks(stop=interrupt.should_stop)],
+                               not args.no_resume, args.merged)
     except (ConfigError, DatasetError, OSError) as err:
         progress.close()
         print(f"error: {err}", file=sys.stderr)
         return 2
     progress.close()
+    if interrupt.requested and result.status == "stopped":
+        print(f"\ninterrupted at step {result.step}/{result.total_steps}: checkpoint written under "
+              f"{args.out / 'checkpoints'}; run the same command again to resume from it")
+        return 130
     print(f"\n{result.status} at step {result.step}/{result.total_steps}; "
           f"{len(result.growth_events)} growth events")
     print(rank_summary(result.ranks, config.lora.ranks[2]))
@@ -143,6 +154,8 @@ class ProgressBar:
     def on_start(self, total_steps: int, ranks: list[list[int]], start_step: int) -> None:
         from tqdm import tqdm
 
+        if start_step:
+            print(f"resuming from the checkpoint at step {start_step}/{total_steps}")
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
     def on_step(self, m: StepMetrics) -> None:
@@ -177,11 +190,27 @@ class ProgressBar:
             self.bar.close()
 
 
-def rank_summary(ranks: list[list[int]], r_max: int) -> str:
-    """One line per layer: a shade per expert (darker = higher rank), then the ranks and their spread."""
-    lines = [f"rank map ({len(ranks)} layers x {len(ranks[0])} experts; shade scale 0..{r_max}):"]
-    for layer, row in enumerate(ranks):
-        shades = "".join(SHADES[min(len(SHADES) - 1, round(r / r_max * (len(SHADES) - 1)))] for r in row)
-        lines.append(f"  L{layer:<3}|{shades}|  {' '.join(map(str, row))}  (min {min(row)}, max {max(row)}, "
-                     f"mean {sum(row) / len(row):.1f})")
-    return "\n".join(lines)
+class StopOnInterrupt:
+    """Ctrl-C asks the trainer to stop after the current step with a checkpoint (the "shutdown" stop reason
+    checkpoints whatever --checkpoint-every is), so an interrupted run resumes; a second Ctrl-C ends it at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopOnInterrupt:
+        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this step with a checkpoint (Ctrl-C again to quit without one)",
+              file=sys.stderr)
+
+    def should_stop(self, step: int) -> StopReason | None:
+        return "shutdown" if self.requested else None

@@ -167,10 +167,6 @@ class TrainConfig:
             raise ConfigError("lr", "is still 'auto'; resolve the configuration with drlora_core.autoconfig.resolve")
         return float(self.lr)
 
-    def bf16_on(self, device_type: str) -> bool:
-        """Whether this run computes in bf16 on a device of this type ("auto": on CUDA only, as before)."""
-        return self.dtype == "bf16" or (self.dtype == "auto" and device_type == "cuda")
-
 
 @dataclass(frozen=True)
 class RunConfig:

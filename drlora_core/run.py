@@ -51,15 +51,29 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_base(model: str, device: torch.device, bf16: bool = True) -> tuple[Any, Any, Path]:
-    """(model, tokenizer, directory) of a local Hugging Face model or the bundled demo model."""
+def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """The compute dtype of a run: "auto" is bf16 on a CUDA device that has it and fp32 elsewhere (bf16 matmuls
+    are slow on most CPUs); "bf16" is honoured on a CPU too."""
+    if choice == "fp32":
+        return torch.float32
+    if choice == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("dtype", f"{torch.cuda.get_device_name(device)} has no bf16; use fp32")
+        return torch.bfloat16
+    if choice == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    raise ConfigError("dtype", f"must be auto, bf16 or fp32, got {choice!r}")
+
+
+def load_base(model: str, device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[Any, Any, Path]:
+    """(model, tokenizer, directory) of a local Hugging Face model or the bundled demo model, its weights read
+    straight onto `device` in `dtype` (no staging copy in host memory)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = resolve_model_dir(model)
-    dtype = torch.bfloat16 if device.type == "cuda" and bf16 else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
-    base.to(device)  # type: ignore[arg-type]
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map=device, local_files_only=True)
     base.config.use_cache = False
     return base, tokenizer, model_dir
 
@@ -76,6 +90,7 @@ class PreparedRun:
     stream: BatchStream
     val_batches: list[Batch]
     device: torch.device
+    dtype: torch.dtype  # the compute dtype
 
 
 def prepare_run(model: str, train_file: Path, config: RunConfig, val_file: Path | None = None) -> PreparedRun:
@@ -84,7 +99,8 @@ def prepare_run(model: str, train_file: Path, config: RunConfig, val_file: Path 
     t = config.train
     device = resolve_device(t.device)
     torch.manual_seed(t.seed)
-    base, tokenizer, model_dir = load_base(model, device, t.bf16_on(device.type))
+    dtype = resolve_dtype(t.dtype, device)
+    base, tokenizer, model_dir = load_base(model, device, dtype)
     examples = load_dataset(train_file, tokenizer, t.max_seq_len)
     batch_size = t.resolved_batch_size
     stream = BatchStream(examples, batch_size, t.seed, pad_token_id(tokenizer))
@@ -93,14 +109,14 @@ def prepare_run(model: str, train_file: Path, config: RunConfig, val_file: Path 
     if t.gradient_checkpointing is True and not enable_activation_checkpointing(base):
         raise ConfigError("gradient_checkpointing", f"{type(base).__name__} does not support it; turn it off")
     base_name = DEMO_MODEL_ID if model == DEMO_MODEL_ID else str(model_dir)
-    return PreparedRun(config, base, tokenizer, base_name, adapter, stream, val, device)
+    return PreparedRun(config, base, tokenizer, base_name, adapter, stream, val, device, dtype)
 
 
 def train_prepared(run: PreparedRun, out_dir: Path, callbacks: Sequence[TrainingCallback] = (),
                    resume: ckpt.CheckpointData | None = None) -> TrainResult:
     """Train a prepared run (from `resume` when given); the model stays adapted in memory afterwards."""
     return train(run.model, run.adapter, run.stream, run.val_batches, run.config, out_dir, base_model=run.base_model,
-                 callbacks=callbacks, resume=resume, device=run.device)
+                 callbacks=callbacks, resume=resume, device=run.device, dtype=run.dtype)
 
 
 def train_run(model: str, train_file: Path, out_dir: Path, config: RunConfig, val_file: Path | None = None,

@@ -123,10 +123,20 @@ class ListMoeForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 **_: Any) -> SimpleNamespace:
+        return SimpleNamespace(logits=self.lm_head(self.hidden_states(input_ids)))
+
+    def hidden_states(self, input_ids: torch.Tensor, **_: Any) -> torch.Tensor:
         h = self.embed(input_ids)
         for block in self.blocks:
             h = h + block(h)
-        return SimpleNamespace(logits=self.lm_head(self.norm(h)))
+        return self.norm(h)
+
+    def get_decoder(self) -> Callable[..., SimpleNamespace]:
+        """What `transformers`' models answer: a callable returning `last_hidden_state`."""
+        return lambda **kwargs: SimpleNamespace(last_hidden_state=self.hidden_states(**kwargs))
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
 
 
 BUILDERS: dict[str, Callable[[], nn.Module]] = {

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from drlora_core import checkpoint as ckpt
 from drlora_core.adapter import Adapter
@@ -34,6 +33,7 @@ from drlora_core.config import RunConfig
 from drlora_core.data import BatchStream
 from drlora_core.export import export_run_adapter
 from drlora_core.growth import Plan, allocate, event_quota, grow, plan_growth, proportional_ranks
+from drlora_core.loss import token_loss
 from drlora_core.signals import Signals, saliency
 
 Batch = dict[str, torch.Tensor]
@@ -73,9 +73,13 @@ def adamw(params: Any, lr: float, weight_decay: float, device: torch.device) -> 
 
 def train(model: nn.Module, adapter: Adapter, stream: BatchStream, val_batches: Sequence[Batch], config: RunConfig,
           out_dir: Path, *, base_model: str, callbacks: Sequence[TrainingCallback] = (),
-          resume: ckpt.CheckpointData | None = None, device: torch.device | None = None) -> TrainResult:
-    """Train `adapter` on `model`; checkpoints go under `out_dir`, each with its PEFT adapter naming `base_model`."""
+          resume: ckpt.CheckpointData | None = None, device: torch.device | None = None,
+          dtype: torch.dtype | None = None) -> TrainResult:
+    """Train `adapter` on `model`; checkpoints go under `out_dir`, each with its PEFT adapter naming `base_model`.
+
+    `dtype`: the compute dtype (autocast when not fp32); by default the model's own."""
     device = device or next(model.parameters()).device
+    dtype = dtype or next(model.parameters()).dtype
     t, lora = config.train, config.lora
     events = CallbackList(callbacks)
     total = total_steps_for(config, stream.steps_per_epoch)
@@ -91,7 +95,7 @@ def train(model: nn.Module, adapter: Adapter, stream: BatchStream, val_batches: 
     if resume is not None:
         _restore(resume, adapter, routers, signals, optimizer, scheduler, state)
     elif lora.method == "static":
-        _set_static_ranks(model, adapter, stream, config, device)
+        _set_static_ranks(model, adapter, stream, config, device, dtype)
     _set_router_trainable(routers, state.step >= warmup)
     events.on_start(total, adapter.ranks(), state.step)
 
@@ -100,12 +104,13 @@ def train(model: nn.Module, adapter: Adapter, stream: BatchStream, val_batches: 
         model.train()
         started = time.perf_counter()
         batches = [_next_batch(stream, state) for _ in range(t.grad_accum)]
-        label_tokens = sum(_label_count(b) for b in batches)
+        label_counts = [_label_count(b) for b in batches]
+        label_tokens = sum(label_counts)
         loss_sum = torch.zeros((), device=device)
-        for batch in batches:
+        for batch, count in zip(batches, label_counts, strict=True):
             batch = _to_device(batch, device)
-            with adapter.routing.training_forward(batch["attention_mask"]), _autocast(device, t.bf16_on(device.type)):
-                loss = token_loss(model, batch, reduction="sum") / max(label_tokens, 1)
+            with adapter.routing.training_forward(batch["attention_mask"]), _autocast(device, dtype):
+                loss = token_loss(model, batch, "sum", count) / max(label_tokens, 1)
             loss.backward()
             loss_sum += loss.detach()
         if lora.method == "dr_lora":
@@ -129,7 +134,7 @@ def train(model: nn.Module, adapter: Adapter, stream: BatchStream, val_batches: 
         events.on_step(StepMetrics(state.step, total, loss_value, float(scheduler.get_last_lr()[0]), tokens / elapsed,
                                   state.trained_tokens, norm_value))
         if val_batches and (state.step == total or (t.eval_every and state.step % t.eval_every == 0)):
-            events.on_eval(state.step, evaluate(model, adapter, val_batches, device, t.bf16_on(device.type)))
+            events.on_eval(state.step, evaluate(model, adapter, val_batches, device, dtype))
         if t.checkpoint_every and state.step % t.checkpoint_every == 0 and state.step < total:
             _save(out_dir, base_model, adapter, routers, signals, optimizer, scheduler, state, config, events)
         stopped = events.should_stop(state.step)
@@ -142,25 +147,18 @@ def train(model: nn.Module, adapter: Adapter, stream: BatchStream, val_batches: 
     return TrainResult(state.step, total, stopped, state.growth_events, adapter.ranks(), stats)
 
 
-def token_loss(model: nn.Module, batch: Batch, reduction: str = "sum") -> torch.Tensor:
-    """Next-token cross-entropy over label positions (labels of -100 are ignored)."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    logits = out.logits if hasattr(out, "logits") else out[0]
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
-                           ignore_index=-100, reduction=reduction)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, adapter: Adapter, batches: Sequence[Batch], device: torch.device,
-             bf16: bool = True) -> float:
+             dtype: torch.dtype = torch.float32) -> float:
     """Mean loss per label token; routing is not counted (the trainer only counts training forwards)."""
     model.eval()
     total = torch.zeros((), device=device)
     count = 0
     for batch in batches:
-        count += _label_count(batch)
-        with _autocast(device, bf16):
-            total += token_loss(model, _to_device(batch, device))
+        labels = _label_count(batch)
+        count += labels
+        with _autocast(device, dtype):
+            total += token_loss(model, _to_device(batch, device), "sum", labels)
     return float(total) / max(count, 1)
 
 
@@ -197,13 +195,13 @@ def _growth_event(adapter: Adapter, signals: Signals, plan: Plan, step: int, opt
 
 @torch.no_grad()
 def _set_static_ranks(model: nn.Module, adapter: Adapter, stream: BatchStream, config: RunConfig,
-                      device: torch.device) -> None:
+                      device: torch.device, dtype: torch.dtype) -> None:
     """`static`: ranks proportional to routing frequency measured on a pass over the training data."""
     model.eval()
     steps = min(stream.steps_per_epoch, 64)
     for index in range(steps):
         batch = _to_device(stream.batch_at(0, index * stream.batch_size), device)
-        with adapter.routing.training_forward(batch["attention_mask"]), _autocast(device, config.train.bf16_on(device.type)):
+        with adapter.routing.training_forward(batch["attention_mask"]), _autocast(device, dtype):
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
     counts = adapter.routing.take_counts().cpu()
     lora = config.lora
@@ -215,10 +213,13 @@ def _set_static_ranks(model: nn.Module, adapter: Adapter, stream: BatchStream, c
 
 
 def _router_params(adapter: Adapter) -> list[nn.Parameter]:
+    """The routers' weights, made fp32: they are the master copy AdamW updates (at lr 2e-5 most steps are below
+    bf16's resolution); autocast still runs the router's matmul in the compute dtype."""
     params: list[nn.Parameter] = []
     for site in adapter.sites:
         if site.router is None:
             raise ValueError(f"train_router is set but no router was found beside {site.path}")
+        site.router.float()
         params.extend(site.router.parameters())
     return params
 
@@ -251,10 +252,11 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _autocast(device: torch.device, bf16: bool):  # type: ignore[no-untyped-def]
-    if device.type == "cuda" and bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+def _autocast(device: torch.device, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+    """Mixed precision in `dtype` (bf16 works on CPU too); fp32 runs as it is."""
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _save(out_dir: Path, base_model: str, adapter: Adapter, routers: list[nn.Parameter], signals: Signals,

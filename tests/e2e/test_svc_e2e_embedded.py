@@ -31,7 +31,7 @@ from tests.support.service import (
     dr_lora,
     free_port,
     loads_torch,
-    wait_ready,
+    start_serve,
     wait_until,
 )
 
@@ -74,13 +74,9 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("home")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DRLORA_")}
-    env.update(HOME=str(home), PYTHONUNBUFFERED="1")
-    proc = Process([sys.executable, "-m", "drlora_cli.main", "serve", "--port", str(port)], env, home / "serve.log",
-                   cwd=home)
     url = f"http://127.0.0.1:{port}"
+    proc = start_serve(home, port)
     try:
-        wait_ready(proc, url)
         key = (home / ".drlora" / "api_key").read_text().strip()
         log = proc.output()
         assert url in log and key in log  # the URL and the key are printed on first start
@@ -135,10 +131,11 @@ def test_client_commands(served: Served, tmp_path: Path) -> None:
     out = drlora("jobs", "create", "--training-file", file_id, "--set", "max_steps=6", "--set", "batch_size=4",
                  "--set", "r_init=2", "--set", "r_target=4", "--set", "r_max=8", "--set", "growth_interval=2",
                  "--set", "learning_rate=0.001", "--suffix", "cli", "--watch")
-    job_id = json.loads(out[: out.index("\n}\n") + 2])["id"]
-    assert "succeeded" in out and "6/6" in out and "L0  |" in out  # progress, and the rank heatmap
+    job_id = out.split()[1]  # "created ftjob-... (dr_lora on drlora-demo-moe)", then the watch frame, no JSON
+    assert out.startswith("created ftjob-") and "{" not in out
+    assert "succeeded" in out and "6/6" in out and "L0   |" in out  # progress, and the rank map
     assert job_id in drlora("jobs", "list")
-    assert json.loads(drlora("jobs", "get", job_id))["status"] == "succeeded"
+    assert json.loads(drlora("jobs", "get", job_id, "--json"))["status"] == "succeeded"
     out = drlora("adapter", "download", job_id, "-o", str(tmp_path / "a.zip"), "--extract", str(tmp_path / "a"))
     assert hashlib.sha256((tmp_path / "a.zip").read_bytes()).hexdigest() in out
     assert (tmp_path / "a" / "adapter_config.json").is_file()

@@ -89,7 +89,7 @@ def test_cached_greedy_decoding_matches_decoding_without_cache() -> None:
     from drlora_core.assets import DEMO_MODEL_ID
     from drlora_core.run import load_base
 
-    model, tokenizer, _ = load_base(DEMO_MODEL_ID, torch.device("cpu"), bf16=False)
+    model, tokenizer, _ = load_base(DEMO_MODEL_ID, torch.device("cpu"))
     prompts = ["What is 12 plus 7?\nAnswer:", "What is 99 minus 3?\nAnswer:", "What is 5 plus 60?\nAnswer:"]
     cached = greedy_completions(model, tokenizer, prompts, max_new_tokens=6, use_cache=True)
     plain = greedy_completions(model, tokenizer, prompts, max_new_tokens=6, use_cache=False)

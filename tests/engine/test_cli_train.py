@@ -115,3 +115,40 @@ def test_every_checkpoint_holds_its_peft_adapter(tmp_path):
     final = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_model_dir()), out / "adapter").eval()
     with torch.no_grad():
         assert not torch.allclose(final(input_ids=ids).logits, theirs, atol=1e-4)  # two more steps moved it
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_writes_a_checkpoint_and_the_rerun_resumes_from_it(tmp_path):
+    """Without --checkpoint-every, Ctrl-C (SIGINT) still leaves a checkpoint at the step it stopped; running the
+    same command again says where it resumed."""
+    import os
+    import re
+    import signal
+    import sys
+
+    from drlora_core.checkpoint import latest_checkpoint
+    from tests.support.service import Process, wait_until
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "drlora_cli.main", "train", "--out", str(out), "--max-steps", "400",
+            "--batch-size", "2", "--max-seq-len", "32", "--r-init", "2", "--r-target", "4", "--r-max", "8",
+            "--device", "cpu"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def interrupted_run(log_name: str, wait_for: str) -> tuple[Process, str]:
+        proc = Process(args, env, tmp_path / log_name)
+        wait_until(lambda: re.search(wait_for, proc.output()), 240, what=wait_for)
+        proc.send(signal.SIGINT)
+        try:
+            assert proc.proc.wait(timeout=120) == 130, proc.output()
+        finally:
+            proc.stop()  # it has exited (or is killed): this closes its log
+        return proc, proc.output()
+
+    _, first = interrupted_run("first.log", r"\| *[1-9]\d*/400")
+    stopped = int(re.search(r"interrupted at step (\d+)/400", first).group(1))
+    checkpoint = latest_checkpoint(out)
+    assert checkpoint is not None and checkpoint.name.endswith(f"{stopped:06d}"), (checkpoint, first)
+
+    _, second = interrupted_run("second.log", rf"resuming from the checkpoint at step {stopped}/400")
+    assert f"resuming from the checkpoint at step {stopped}/400" in second

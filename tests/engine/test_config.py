@@ -73,9 +73,14 @@ def test_to_dict_and_from_dict_round_trip_resolved_and_auto() -> None:
     assert resolved.to_dict()["train"]["dtype"] == "fp32"
 
 
-def test_dtype_auto_is_bf16_on_cuda_only() -> None:
-    assert TrainConfig().bf16_on("cuda") and not TrainConfig().bf16_on("cpu")
-    assert TrainConfig(dtype="bf16").bf16_on("cpu") and not TrainConfig(dtype="fp32").bf16_on("cuda")
+def test_dtype_auto_is_fp32_on_the_cpu_and_bf16_is_honoured_there() -> None:
+    import torch
+
+    from drlora_core.run import resolve_dtype
+
+    cpu = torch.device("cpu")
+    assert TrainConfig().dtype == "auto" and resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("bf16", cpu) == torch.bfloat16 and resolve_dtype("fp32", cpu) == torch.float32
 
 
 def _events(config: RunConfig, total: int) -> int:

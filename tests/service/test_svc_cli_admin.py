@@ -41,5 +41,5 @@ def test_command_names_are_pinned() -> None:
                  ["db", "upgrade"], ["keys", "create", "--tenant", "t"], ["models", "add", "m", "/tmp"],
                  ["files", "upload", "f.jsonl"], ["jobs", "create", "--training-file", "file-1"], ["jobs", "list"],
                  ["jobs", "get", "j"], ["jobs", "cancel", "j"], ["jobs", "pause", "j"], ["jobs", "resume", "j"],
-                 ["jobs", "watch", "j"], ["adapter", "download", "j"]):
+                 ["jobs", "watch", "j"], ["adapter", "download", "j"], ["estimate", "--json"], ["worker", "health"]):
         assert callable(parser.parse_args(argv).handler), argv

@@ -222,6 +222,21 @@ def start_api(settings: Settings, port: int, log: Path) -> Process:
     return proc
 
 
+def start_serve(home: Path, port: int, **extra_env: str) -> Process:
+    """`drlora serve` as a newcomer starts it: `HOME` is `home` (so `~/.drlora` is fresh) and no `DRLORA_*` variable
+    is set but `extra_env`; its output goes to home/serve.log. Stop it with SIGINT, as Ctrl-C would."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRLORA_")}
+    env.update(HOME=str(home), PYTHONUNBUFFERED="1", **extra_env)
+    proc = Process([sys.executable, "-m", "drlora_cli.main", "serve", "--port", str(port)], env, home / "serve.log",
+                   cwd=home)
+    try:
+        wait_ready(proc, f"http://127.0.0.1:{port}")
+    except BaseException:
+        proc.stop(signal.SIGINT, timeout=90)
+        raise
+    return proc
+
+
 def start_worker(settings: Settings, log: Path, extra_env: dict[str, str] | None = None) -> Process:
     return Process([sys.executable, "-m", "drlora_cli.main", "worker"], {**settings_env(settings), **(extra_env or {})},
                    log)
