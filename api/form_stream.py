@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import anyio.from_thread
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message
@@ -63,9 +64,13 @@ class FormReader:
         })
 
     def read(self, chunks: Iterator[bytes]) -> None:
-        for chunk in chunks:
-            self._parser.write(chunk)
-        self._parser.finalize()
+        try:
+            for chunk in chunks:
+                self._parser.write(chunk)
+            self._parser.finalize()
+        except MultipartParseError as e:
+            raise InvalidRequest(f"the multipart body is malformed ({e}); send a multipart/form-data body",
+                                 param="file", code="invalid_multipart") from None
         if not self.ended:
             raise InvalidRequest("the multipart body ended early", param="file", code="invalid_multipart")
 

@@ -191,3 +191,17 @@ def test_the_data_folder_and_the_sqlite_file_are_private(tmp_path: Path) -> None
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
     for path in settings.data_dir.glob("drlora.db*"):
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+
+
+@pytest.mark.parametrize(("content_type", "body"), [
+    ("multipart/form-data; boundary=b", b"not multipart at all"),
+    ("multipart/form-data; boundary=b", b"--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune"),
+    ("multipart/form-data; boundary=b", b"--b\r\nno headers end here"),
+    ("multipart/form-data", b"--b--\r\n"),
+    ("application/json", b'{"file": "x", "purpose": "fine-tune"}'),
+    ("multipart/form-data; boundary=b", b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+                                        b"--b--\r\n"),
+])
+def test_a_malformed_upload_answers_4xx(client: TestClient, make_key, content_type: str, body: bytes) -> None:
+    r = client.post("/v1/files", headers={**auth(make_key()), "Content-Type": content_type}, content=body)
+    assert 400 <= r.status_code < 500 and r.json()["error"]["param"] == "file", r.text
