@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.ratelimit import enforce
 from service.errors import Unauthorized
-from service.keys import hash_key, tenant_for_key
 from service.settings import Settings
 from service.tables import Tenant
 
@@ -32,22 +31,22 @@ def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# Closed as soon as the route returns, before the response is sent: a streamed response (events) or a slow client
+# never holds a pooled connection.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 
 
 def get_current_tenant(
-    request: Request, session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Tenant:
-    """Every authenticated route depends on this, so the per-key rate limit covers each of them, new ones too."""
-    if credentials is None:
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
-    tenant = tenant_for_key(session, credentials.credentials)
-    if tenant is None:
-        raise Unauthorized("invalid or revoked API key", code="invalid_api_key")
-    enforce(request.app.state.limiter, hash_key(credentials.credentials), request.app.state.settings)
+    """Every authenticated route depends on this, so the per-key rate limit covers each of them, new ones too. The
+    key itself was checked by `api.auth.AuthGate` before the body was read (`credentials` documents the scheme)."""
+    tenant: Tenant | None = getattr(request.state, "tenant", None)
+    if credentials is None or tenant is None:
+        raise Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+    enforce(request.app.state.limiter, request.state.key_hash, request.app.state.settings)
     return tenant
 
 

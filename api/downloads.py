@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse
 
 from service.errors import ServiceError
 from service.storage import StorageError, verified_path
+from service.uploads import safe_filename
 
 
 def verified_download(root: Path, relative: str, sha256: str, *, what: str, media_type: str,
@@ -21,7 +22,7 @@ def verified_download(root: Path, relative: str, sha256: str, *, what: str, medi
         raise ServiceError(f"the stored {what} failed its integrity check ({e}); it is not served. An operator "
                            "should restore it from a backup or delete it", code="artifact_integrity") from None
     digest = base64.b64encode(bytes.fromhex(sha256)).decode()
-    return FileResponse(path, media_type=media_type, filename=filename, headers={
+    return FileResponse(path, media_type=media_type, filename=safe_filename(filename), headers={
         "ETag": f'"{sha256}"', "Digest": f"sha-256={digest}", "Repr-Digest": f"sha-256=:{digest}:",
         "X-Content-SHA256": sha256,
     })

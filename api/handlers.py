@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from service.db import is_unreachable
@@ -25,13 +26,20 @@ def error_response(status: int, message: str, type: str, *, param: str | None = 
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
-def _service_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceError)
+def service_error_response(exc: ServiceError, *, close: bool = False) -> JSONResponse:
+    """`close`: answered before the body was read, so the connection ends rather than wait for the rest of it."""
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
+    if close:
+        headers["Connection"] = "close"
     return error_response(exc.status_code, exc.message, exc.type, param=exc.param, code=exc.code, line=exc.line,
                           headers=headers)
+
+
+def _service_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return service_error_response(exc)
 
 
 def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -61,9 +69,30 @@ def _database_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DBAPIError)
     if not is_unreachable(exc):
         return _unexpected(request, exc)
+    return database_unavailable(exc)
+
+
+def database_unavailable(exc: DBAPIError, *, close: bool = False) -> JSONResponse:
     log.warning("database unavailable: %s", str(exc.orig).strip().splitlines()[0] if exc.orig else exc)
     return error_response(503, "the database is unavailable; retry shortly", "service_unavailable",
-                          code="database_unavailable", headers={"Retry-After": "1"})
+                          code="database_unavailable", headers=_retry_headers(close))
+
+
+def pool_exhausted(*, close: bool = False) -> JSONResponse:
+    """Every pooled connection stayed busy past the pool's timeout: the service is overloaded for a moment, which
+    is a retryable 503, never a 500."""
+    log.warning("database connection pool exhausted: answering 503")
+    return error_response(503, "the service is busy; retry shortly", "service_unavailable", code="service_busy",
+                          headers=_retry_headers(close))
+
+
+def _retry_headers(close: bool) -> dict[str, str]:
+    return {"Retry-After": "1", **({"Connection": "close"} if close else {})}
+
+
+def _pool_timeout(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PoolTimeout)
+    return pool_exhausted()
 
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -79,4 +108,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(PoolTimeout, _pool_timeout)
     app.add_exception_handler(Exception, _unexpected)

@@ -1,43 +1,45 @@
-"""Upload size limit enforced while the body streams in, with or without a Content-Length.
+"""Request body caps enforced while the body streams in, with or without a Content-Length: uploads get
+`max_upload_bytes` (plus a margin for the multipart framing), every other body `max_body_bytes`.
 
-FastAPI parses a multipart body completely before the route runs, so a check in the route alone would read (and
-spool to disk) an upload of any size first. This middleware answers 413 as soon as the declared length, or the bytes
-actually received, pass the cap plus a margin for the multipart framing, and stops reading there.
+A route that parses its body (JSON, or a form) would otherwise read a body of any size first. This middleware
+answers 413 as soon as the declared length, or the bytes actually received, pass the cap, and stops reading there.
 """
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.handlers import error_response
+from api.handlers import service_error_response
 from service.errors import PayloadTooLarge
+from service.uploads import too_large
 
 # The multipart framing around the file (boundaries, part headers, the purpose field) on top of the file's own cap.
 MULTIPART_MARGIN = 64 * 1024
+UPLOAD_PATHS = ("/v1/files",)
 
 
-def too_large(cap: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"the upload is over the {cap} byte limit", param="file", code="file_too_large")
+def body_too_large(cap: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the request body is over the {cap} byte limit", code="body_too_large")
 
 
-def refuse_over_cap(size: int, cap: int) -> None:
-    """The file itself (framing excluded) against the cap, once the middleware has bounded the whole request."""
-    if size > cap:
-        raise too_large(cap)
+class BodyLimit:
+    def __init__(self, app: ASGIApp, max_upload_bytes: int, max_body_bytes: int) -> None:
+        self.app, self.upload_cap, self.body_cap = app, max_upload_bytes, max_body_bytes
 
-
-class UploadLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int, paths: tuple[str, ...] = ("/v1/files",)) -> None:
-        self.app, self.cap, self.paths = app, max_bytes, paths
-        self.limit = max_bytes + MULTIPART_MARGIN
+    def _refusal(self, scope: Scope) -> tuple[int, PayloadTooLarge]:
+        """The byte limit of this request's body, and what exceeding it answers."""
+        if scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS:
+            return self.upload_cap + MULTIPART_MARGIN, too_large(self.upload_cap)
+        return self.body_cap, body_too_large(self.body_cap)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit, refusal = self._refusal(scope)
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(scope, receive, send)
+        if declared.isdigit() and int(declared) > limit:
+            await service_error_response(refusal, close=True)(scope, receive, send)
             return
         received, exceeded = 0, False
 
@@ -48,7 +50,7 @@ class UploadLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     exceeded = True  # stop here: the app sees a disconnect, the client gets our 413
                     return {"type": "http.disconnect"}
             return message
@@ -63,10 +65,4 @@ class UploadLimit:
             if not exceeded:
                 raise
         if exceeded:
-            await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refusal = too_large(self.cap)
-        response = error_response(refusal.status_code, refusal.message, refusal.type, param=refusal.param,
-                                  code=refusal.code, headers={"Connection": "close"})
-        await response(scope, receive, send)
+            await service_error_response(refusal, close=True)(scope, receive, send)

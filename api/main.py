@@ -9,15 +9,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import handlers, ui
-from api.limits import UploadLimit
+from api.auth import AuthGate
+from api.limits import BodyLimit
 from api.logredact import install_key_redaction
 from api.metrics import ApiMetrics
 from api.metrics import router as metrics_router
 from api.nul import RefuseNul
 from api.observe import Observe
+from api.operations import describe
 from api.ratelimit import make_limiter
 from api.routes import drlora, events, files, health, jobs, models, profiles, webhooks
 from api.schemas.errors import ErrorPublic
+from api.streams import StreamSlots
 from service.broker import make_celery
 from service.db import make_engine, make_sessionmaker
 from service.settings import Settings, get_settings
@@ -47,9 +50,8 @@ ERROR_RESPONSES[503] = {
 def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastAPI:
     settings = settings or get_settings()
     install_key_redaction()
-    for folder in (settings.data_dir, settings.files_root, settings.artifact_root):
-        folder.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.sqlalchemy_url)
+    settings.make_private_dirs()
+    engine = make_engine(settings.sqlalchemy_url, pool_timeout_s=settings.db_pool_timeout_s)
     factory = make_sessionmaker(engine)
     celery = make_celery(settings)
     limiter = make_limiter(settings)
@@ -69,13 +71,15 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
                   redoc_url=None,
                   description="Fine-tune Mixture-of-Experts models with DR-LoRA; OpenAI fine-tuning API shapes.")
     app.state.settings, app.state.engine, app.state.sessionmaker, app.state.celery = settings, engine, factory, celery
-    app.state.limiter = limiter
+    app.state.limiter, app.state.stream_slots = limiter, StreamSlots(settings.max_streams_per_key)
     app.state.metrics = ApiMetrics(factory)
     handlers.install(app)
-    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(AuthGate)  # outside BodyLimit: no byte of the body is read before the key is checked
     app.add_middleware(RefuseNul)
     app.add_middleware(Observe, metrics=app.state.metrics)  # added last: the outermost, so it sees every answer
     for module in (health, files, models, jobs, events, drlora, profiles, webhooks):
+        describe(module.router)
         app.include_router(module.router)
     if settings.metrics_enabled:
         app.include_router(metrics_router)

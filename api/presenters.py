@@ -21,11 +21,8 @@ def job_public(job: Job) -> JobPublic:
         trained_tokens=job.trained_tokens, error=JobError(**job.error) if job.error else None, result_files=[],
         estimated_finish=_int(job.estimated_finish), metadata=job.meta,
         progress=JobProgress(step=job.step, total_steps=job.total_steps),
+        pending_action=job.requested_action if job.status == JobStatus.running else None,
     )
-
-
-def event_id(event: JobEvent) -> str:
-    return f"ftevent-{event.id}"
 
 
 # Steps and event ids are INTEGER columns: a larger number in a query would be a database error, not a miss.
@@ -44,8 +41,9 @@ def parse_event_id(value: str) -> int | None:
     return parse_int(value.removeprefix("ftevent-"))
 
 
-def event_public(event: JobEvent) -> EventPublic:
-    return EventPublic(id=event_id(event), created_at=int(event.created_at), level=event.level,
+def event_public(event: JobEvent, number: int) -> EventPublic:
+    """`number`: the event's place in its job's own sequence (1-based), which its public id shows."""
+    return EventPublic(id=f"ftevent-{number}", created_at=int(event.created_at), level=event.level,
                        message=event.message, type=event.type, data=event.data)  # type: ignore[arg-type]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import select
 
+from drlora_core.model_facts import ModelFactsError, read_model_facts
 from service.db import make_engine, make_sessionmaker, transaction
 from service.ids import now
 from service.keys import NewKey, create_key
@@ -29,9 +31,25 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(settings: Settings) -> None:
-    if settings.is_sqlite:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.make_private_dirs()
     command.upgrade(alembic_config(settings.sqlalchemy_url), "head")
+
+
+def check_model(path: Path) -> None:
+    """Refuses (SystemExit) a directory whose config.json names no MoE family the engine supports, saying what the
+    file holds, so that `drlora models add` fails at once rather than every job on the model later."""
+    try:
+        facts = read_model_facts(path)
+    except ModelFactsError as e:
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError):
+            config = {}
+        found = (f"model_type {config.get('model_type')!r}, architectures {config.get('architectures')}"
+                 if isinstance(config, dict) else "no JSON object")
+        raise SystemExit(f"{path} has no MoE layer drlora supports (found {found}): {e}") from None
+    if facts.moe_layers < 1:
+        raise SystemExit(f"{path}: {facts.model_type} with no MoE layer among its {facts.layers} layers")
 
 
 def register_model(settings: Settings, model_id: str, path: Path, owned_by: str = "system") -> None:

@@ -45,7 +45,6 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     configure_logging(settings.log_level, settings.log_format or "text")  # a person reads it at a terminal
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings)
     register_demo_model(settings)
     key_file = settings.data_dir / "api_key"

@@ -115,8 +115,9 @@ def run_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def run_models_add(args: argparse.Namespace) -> int:
-    from drlora_cli.bootstrap import register_model
+    from drlora_cli.bootstrap import check_model, register_model
 
+    check_model(args.dir)
     register_model(settings_from(args), args.id, args.dir, args.owned_by)
     print(f"registered base model {args.id} -> {args.dir.resolve()}")
     return 0

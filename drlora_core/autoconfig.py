@@ -55,7 +55,7 @@ def resolve(config: RunConfig, facts: RunFacts) -> RunConfig:
     lora = _resolve_ranks(config.lora, facts.parameters)
     train = _resolve_train(config.train, facts)
     if lora.growth_interval == AUTO:
-        lora = dataclasses.replace(lora, growth_interval=growth_interval(_total_steps(train, facts.examples),
+        lora = dataclasses.replace(lora, growth_interval=growth_interval(total_steps(train, facts.examples),
                                                                          train.warmup_ratio))
     return RunConfig(lora, train)
 
@@ -135,7 +135,7 @@ def _resolve_train(train: TrainConfig, facts: RunFacts) -> TrainConfig:
     )
 
 
-def _total_steps(train: TrainConfig, examples: int) -> int:
+def total_steps(train: TrainConfig, examples: int) -> int:
     """The trainer's step count (`trainer.total_steps_for`) for `examples` examples, one per line."""
     if train.max_steps is not None:
         return train.max_steps

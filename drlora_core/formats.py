@@ -22,12 +22,9 @@ Every refusal is a `DatasetError` naming the first bad line (1-based) and what t
 
 from __future__ import annotations
 
-import io
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 Format = Literal["chat", "prompt_completion", "text"]
@@ -37,6 +34,7 @@ ROLES: tuple[str, ...] = ("system", "user", "assistant")
 DEFAULT_MAX_BYTES = 512 * 2**20
 DEFAULT_MAX_LINES = 1_000_000
 DEFAULT_MAX_LINE_BYTES = 1 * 2**20
+READ_CHUNK = 1 << 20
 
 _KEYS: dict[Format, tuple[str, ...]] = {
     "chat": ("messages",),
@@ -67,15 +65,83 @@ class DatasetSummary:
     bytes: int
 
 
-@dataclass(frozen=True)
-class _Limits:
-    max_bytes: int
-    max_lines: int
-    max_line_bytes: int
-
-
 class _JsonRefusal(Exception):
     """Raised from json hooks; json.loads would otherwise not let us say why in our own words."""
+
+
+class LineValidator:
+    """Validates a dataset pushed in pieces of any size, as they arrive (an upload being received, a file being
+    read): each line is checked once its newline arrives, and an over-long or excess line is refused as soon as
+    its first bytes are past the limit, without waiting for the rest. `finish()` checks the last line and answers
+    the summary. Memory stays within one line; `keep` (a list) collects the parsed records when given."""
+
+    def __init__(self, *, max_bytes: int = DEFAULT_MAX_BYTES, max_lines: int = DEFAULT_MAX_LINES,
+                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, keep: list[dict[str, Any]] | None = None) -> None:
+        self.max_bytes, self.max_lines, self.max_line_bytes = max_bytes, max_lines, max_line_bytes
+        self.keep = keep
+        self.size = 0
+        self.lines = 0
+        self.format: Format | None = None
+        self._partial = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise DatasetError(None, f"the file is over max_bytes={self.max_bytes}; split it or shorten it")
+        pieces = data.split(b"\n")
+        for piece in pieces[:-1]:
+            self._grow(piece)
+            self._line(bytes(self._partial))
+            self._partial.clear()
+        self._grow(pieces[-1])
+
+    def finish(self) -> DatasetSummary:
+        if self.size == 0:
+            raise DatasetError(None, f"the file is empty; give one JSON object per line, e.g. {_EXAMPLES}")
+        if self._partial:
+            self._line(bytes(self._partial))
+            self._partial.clear()
+        assert self.format is not None  # a non-empty file has at least one line
+        return DatasetSummary(format=self.format, lines=self.lines, bytes=self.size)
+
+    def _grow(self, piece: bytes) -> None:
+        """Add bytes of the line being received, refusing it as soon as it cannot be allowed."""
+        if not piece:
+            return
+        if not self._partial:
+            self._check_count(self.lines + 1)
+        self._partial += piece
+        if len(self._partial) > self.max_line_bytes + 1:  # + 1: a "\r" before the newline does not count
+            self._too_long(self.lines + 1)
+
+    def _line(self, raw: bytes) -> None:
+        lineno = self.lines + 1
+        self._check_count(lineno)
+        content = raw[:-1] if raw.endswith(b"\r") else raw
+        if len(content) > self.max_line_bytes:
+            self._too_long(lineno)
+        record = _parse_line(lineno, content)
+        fmt = _detect_format(lineno, record)
+        if self.format is None:
+            self.format = fmt
+        elif fmt != self.format:
+            raise DatasetError(
+                lineno,
+                f"this line is in {fmt} format but line 1 is in {self.format} format; use one format per file",
+            )
+        _check_record(lineno, fmt, record)
+        self.lines = lineno
+        if self.keep is not None:
+            self.keep.append(record)
+
+    def _check_count(self, lineno: int) -> None:
+        if lineno > self.max_lines:
+            raise DatasetError(lineno, f"too many lines: the limit is max_lines={self.max_lines}; split the dataset")
+
+    def _too_long(self, lineno: int) -> None:
+        raise DatasetError(
+            lineno, f"the line is longer than max_line_bytes={self.max_line_bytes}; shorten or split this record"
+        )
 
 
 def validate_jsonl(
@@ -86,9 +152,9 @@ def validate_jsonl(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> DatasetSummary:
     """Check a whole dataset held in memory; raises `DatasetError` at the first problem."""
-    limits = _Limits(max_bytes, max_lines, max_line_bytes)
-    fmt, lines = _scan(io.BytesIO(data).readline, len(data), limits, keep=None)
-    return DatasetSummary(format=fmt, lines=lines, bytes=len(data))
+    validator = LineValidator(max_bytes=max_bytes, max_lines=max_lines, max_line_bytes=max_line_bytes)
+    validator.feed(data)
+    return validator.finish()
 
 
 def read_records(
@@ -99,64 +165,12 @@ def read_records(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> tuple[Format, list[dict[str, Any]]]:
     """Validate a dataset file and return its format and records; record i is line i + 1."""
-    limits = _Limits(max_bytes, max_lines, max_line_bytes)
     records: list[dict[str, Any]] = []
-    size = Path(path).stat().st_size
+    validator = LineValidator(max_bytes=max_bytes, max_lines=max_lines, max_line_bytes=max_line_bytes, keep=records)
     with open(path, "rb") as f:
-        fmt, _ = _scan(f.readline, size, limits, keep=records)
-    return fmt, records
-
-
-def _scan(
-    readline: Callable[[int], bytes], size: int, limits: _Limits, keep: list[dict[str, Any]] | None
-) -> tuple[Format, int]:
-    if size == 0:
-        raise DatasetError(None, f"the file is empty; give one JSON object per line, e.g. {_EXAMPLES}")
-    if size > limits.max_bytes:
-        raise DatasetError(
-            None, f"the file is {size} bytes, over max_bytes={limits.max_bytes}; split it or shorten it"
-        )
-    first: Format | None = None
-    lineno = 0
-    while True:
-        # Two bytes of headroom for "\r\n", so reading never holds much more than one allowed line.
-        raw = readline(limits.max_line_bytes + 2)
-        if not raw:
-            break
-        lineno += 1
-        if lineno > limits.max_lines:
-            raise DatasetError(
-                lineno, f"too many lines: the limit is max_lines={limits.max_lines}; split the dataset"
-            )
-        content = _strip_newline(raw)
-        if len(content) > limits.max_line_bytes:
-            raise DatasetError(
-                lineno,
-                f"the line is longer than max_line_bytes={limits.max_line_bytes}; shorten or split this record",
-            )
-        record = _parse_line(lineno, content)
-        fmt = _detect_format(lineno, record)
-        if first is None:
-            first = fmt
-        elif fmt != first:
-            raise DatasetError(
-                lineno,
-                f"this line is in {fmt} format but line 1 is in {first} format; use one format per file",
-            )
-        _check_record(lineno, fmt, record)
-        if keep is not None:
-            keep.append(record)
-    if first is None:  # unreachable for size > 0, but keeps the type checker honest
-        raise DatasetError(None, "the file holds no lines")
-    return first, lineno
-
-
-def _strip_newline(raw: bytes) -> bytes:
-    if raw.endswith(b"\n"):
-        raw = raw[:-1]
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-    return raw
+        while chunk := f.read(READ_CHUNK):
+            validator.feed(chunk)
+    return validator.finish().format, records
 
 
 def _parse_line(lineno: int, content: bytes) -> dict[str, Any]:
@@ -187,9 +201,36 @@ def _parse_line(lineno: int, content: bytes) -> dict[str, Any]:
             lineno,
             f"not valid JSON ({e.msg} at column {e.colno}); each line must be one complete JSON object",
         ) from None
+    except RecursionError:
+        raise DatasetError(lineno, "not valid JSON here: the line is nested too deeply; flatten the record") from None
+    except ValueError as e:  # what the decoder refuses beyond its syntax, e.g. an integer of too many digits
+        raise DatasetError(lineno, f"not valid JSON here ({e}); each line must be one JSON object") from None
     if not isinstance(value, dict):
         raise DatasetError(lineno, f"each line must be a JSON object such as {_EXAMPLES}; got {_kind(value)}")
+    if "\\u" in text:  # strictly decoded UTF-8 holds no surrogate, so only an escape can bring one in
+        _refuse_surrogates(lineno, value)
     return value
+
+
+def _refuse_surrogates(lineno: int, value: object) -> None:
+    """Refuse strings that UTF-8 cannot encode (a lone surrogate escape such as "\\ud800"): tokenizers fail on
+    them later, far from the line. Walked with a stack, as the decoder already bounded the depth."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise DatasetError(
+                    lineno, f"the text holds a lone surrogate escape (\\u{ord(item[e.start]):04x}), which is no "
+                    "character and cannot be encoded as UTF-8; remove it or escape a full surrogate pair",
+                ) from None
 
 
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import torch
 
 from drlora_core.bank import LoraBank, init_a_
 from drlora_core.config import ConfigError, LoraConfig
+from drlora_core.schedule import growth_start, growth_steps
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,8 @@ def plan_growth(config: LoraConfig, total_steps: int, warmup_steps: int) -> Plan
     r_init, r_target, r_max = config.ranks
     if config.method != "dr_lora" or r_target == r_init:
         return Plan((), 0)
-    start = max(warmup_steps, 1)
-    steps = tuple(range(start, total_steps - config.interval + 1, config.interval))
+    start = growth_start(warmup_steps)
+    steps = growth_steps(total_steps, warmup_steps, config.interval)
     cap = max(1, math.ceil(config.grow_frac * (r_max - r_init)))
     per_expert = r_target - r_init
     if len(steps) * cap < per_expert:

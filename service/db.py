@@ -19,11 +19,14 @@ from sqlalchemy.orm import Session, sessionmaker
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def make_engine(url: str, *, application_name: str = "drlora", idle_in_transaction_s: float | None = None) -> Engine:
+def make_engine(url: str, *, application_name: str = "drlora", idle_in_transaction_s: float | None = None,
+                pool_timeout_s: float = 30.0) -> Engine:
     """`idle_in_transaction_s` (PostgreSQL): the server ends a session left that long inside a transaction, so that a
-    frozen process (SIGSTOP, a VM pause) cannot hold row locks for as long as it stays frozen."""
+    frozen process (SIGSTOP, a VM pause) cannot hold row locks for as long as it stays frozen. `pool_timeout_s`: how
+    long a session waits for a pooled connection before `sqlalchemy.exc.TimeoutError` (the API answers 503)."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+        engine = create_engine(url, pool_timeout=pool_timeout_s,
+                               connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     # Pre-ping replaces connections a restart or pg_terminate_backend ended; the connect timeout keeps a request, a
@@ -31,7 +34,8 @@ def make_engine(url: str, *, application_name: str = "drlora", idle_in_transacti
     connect_args: dict[str, Any] = {"connect_timeout": 5, "application_name": application_name}
     if idle_in_transaction_s is not None:
         connect_args["options"] = f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_s * 1000)}"
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=connect_args)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, pool_timeout=pool_timeout_s,
+                         connect_args=connect_args)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -4,7 +4,10 @@ config's dict (what the worker rebuilds) and the resolved hyperparameters under 
 shows).
 
 A value impossible on its own (r_init above r_target, r_max not a multiple of RANK_MULTIPLE) answers 422 like any
-invalid field; a combination that only the model and the file rule out answers 400. Both name the parameter.
+invalid field; a combination that only the model and the file rule out answers 400. Both name the parameter. The
+resolved plan is checked against the run and the model (`check_plan`): a growth interval that leaves no growth event
+in the run, ranks above the experts' dimensions, and a sequence length past the model's positions are refused with
+what would work. A model whose config.json says too little is not checked against it.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from drlora_core.autoconfig import RunFacts, parameter_count, resolve
-from drlora_core.config import ConfigError, LoraConfig, Method, RunConfig, TrainConfig
+from drlora_core.autoconfig import RunFacts, parameter_count, resolve, total_steps
+from drlora_core.config import RANK_MULTIPLE, ConfigError, LoraConfig, Method, RunConfig, TrainConfig
+from drlora_core.model_facts import ModelFacts, ModelFactsError, read_model_facts
+from drlora_core.schedule import growth_start, growth_steps, warmup_steps
 from service.errors import InvalidRequest, Unprocessable
 
 # API name -> RunConfig field name, where they differ (the API keeps OpenAI's names).
@@ -41,9 +46,45 @@ def build_run_config(method: Method, hyperparameters: dict[str, Any], seed: int,
     except ConfigError as e:
         raise Unprocessable(_message(prefix, e), param=_param(prefix, e.param), code="invalid_value") from None
     try:
-        return resolve(requested, RunFacts(parameter_count(model_dir), examples))
+        config = resolve(requested, RunFacts(parameter_count(model_dir), examples))
+        check_plan(config, _facts(model_dir), examples)
     except ConfigError as e:
         raise InvalidRequest(_message(prefix, e), param=_param(prefix, e.param), code="invalid_value") from None
+    return config
+
+
+def check_plan(config: RunConfig, facts: ModelFacts | None, examples: int) -> None:
+    """Raises ConfigError naming the parameter when the resolved plan cannot run on this model and file."""
+    lora, train = config.lora, config.train
+    steps = total_steps(train, examples)
+    r_init, r_target, r_max = lora.ranks
+    if lora.method == "dr_lora" and r_target > r_init:
+        warmup = warmup_steps(steps, train.warmup_ratio)
+        if not growth_steps(steps, warmup, lora.interval):
+            fits = steps - growth_start(warmup)
+            advice = (f"use at most {fits}" if fits >= 1 else "train more steps (max_steps or n_epochs)")
+            raise ConfigError("growth_interval", f"{lora.interval} leaves no growth event in this run of {steps} "
+                                                 f"steps (growth starts at step {growth_start(warmup)} and each event "
+                                                 f"needs growth_interval steps after it); {advice}")
+    if facts is None:
+        return
+    dims = min(facts.hidden, facts.expert_intermediate)
+    if r_max > dims:
+        usable = dims // RANK_MULTIPLE * RANK_MULTIPLE
+        name = "r_target" if lora.method == "lora" else "r_max"
+        raise ConfigError(name, f"the rank {r_max} exceeds the experts' dimensions (hidden {facts.hidden}, expert "
+                                f"width {facts.expert_intermediate}): a LoRA rank above {dims} adds nothing; use at "
+                                f"most {usable or dims}")
+    if train.max_seq_len > facts.max_position_embeddings:
+        raise ConfigError("max_seq_len", f"{train.max_seq_len} is past the model's max_position_embeddings; use at "
+                                         f"most {facts.max_position_embeddings}")
+
+
+def _facts(model_dir: Path) -> ModelFacts | None:
+    try:
+        return read_model_facts(model_dir)
+    except ModelFactsError:
+        return None
 
 
 def hyperparameters_view(config: RunConfig, names: Iterable[str]) -> dict[str, Any]:

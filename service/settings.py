@@ -8,6 +8,7 @@ so that a job can resume on another worker from its last checkpoint.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -34,6 +35,13 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 100 * 2**20
     max_dataset_lines: int = 1_000_000
     max_line_bytes: int = 2**20
+    # Every request body other than an upload (JSON); 413 above.
+    max_body_bytes: Annotated[int, Field(gt=0)] = 2**20
+    # Event streams (`?stream=true`) one API key may hold open in one API process (429 above); 0 disables.
+    max_streams_per_key: Annotated[int, Field(ge=0)] = 10
+    stream_poll_s: Annotated[float, Field(gt=0)] = 1.0  # how often an open stream looks for new events
+    stream_keepalive_s: Annotated[float, Field(gt=0)] = 15.0  # a comment line on an idle stream this often
+    db_pool_timeout_s: Annotated[float, Field(gt=0)] = 10.0  # an API request waits this long for a connection (503)
 
     # Per API key: bursts up to `rate_limit_requests`, then that many per window (429 above); 0 disables.
     rate_limit_requests: Annotated[int, Field(ge=0)] = 600
@@ -90,6 +98,15 @@ class Settings(BaseSettings):
     @property
     def runs_root(self) -> Path:
         return self.data_dir / "runs"
+
+    def make_private_dirs(self) -> None:
+        """The data folders, readable by this user only (0700), and an embedded SQLite file created 0600 (SQLite
+        gives its -wal and -shm files the database file's mode)."""
+        for folder in (self.data_dir, self.files_root, self.artifact_root):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
+        if self.is_sqlite and not self.database_url:
+            os.close(os.open(self.data_dir / "drlora.db", os.O_CREAT | os.O_WRONLY, 0o600))
 
 
 @lru_cache

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from drlora_core.atomic import zip_dir_atomic
 from drlora_core.config import ConfigError, RunConfig
+from drlora_core.formats import DatasetError
 from drlora_core.run import RunResult, train_run
 from service import jobstate
 from service.ids import new_id, now
@@ -70,9 +71,14 @@ def run_job(job_id: str, factory: sessionmaker[Session], settings: Settings) -> 
         return record_failure(factory, owned, heartbeat, "invalid_hyperparameters", str(e), param=e.param)
     except JobInputError as e:
         return record_failure(factory, owned, heartbeat, "invalid_input", str(e))
-    except Exception as e:
+    except DatasetError as e:  # the tenant's own file, named by line: safe and useful to show
+        return record_failure(factory, owned, heartbeat, "invalid_training_file", str(e))
+    except Exception:
+        # The exception can hold paths and internals: it goes to this log only, the tenant gets a code.
         log.exception("job %s attempt %s failed", job_id, owned.attempt)
-        return record_failure(factory, owned, heartbeat, "training_error", f"{type(e).__name__}: {e}")
+        return record_failure(factory, owned, heartbeat, "training_error",
+                              f"training stopped on an internal error; the operator's logs hold the details under "
+                              f"job {job_id}, attempt {owned.attempt}")
     finally:
         heartbeat.stop()
 

@@ -1,28 +1,32 @@
-"""Uploads are validated whole before anything is kept: a refused file leaves no row and no bytes."""
+"""Files: an upload is validated line by line while it is received, in a worker thread, and kept only when whole
+and valid (`service.uploads`); a refused file leaves no row and no bytes."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Query, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy import select
 
-from api.deps import CurrentTenant, SessionDep, SettingsDep
+from api.deps import CurrentTenant, SessionDep, SessionFactoryDep, SettingsDep
 from api.downloads import verified_download
-from api.limits import refuse_over_cap
+from api.form_stream import FormReader, body_chunks
+from api.handlers import service_error_response
 from api.owned import get_owned_file
 from api.schemas.files import FileDeleted, FilePublic, FilesPublic
-from drlora_core.atomic import write_atomic
-from drlora_core.formats import DatasetError, validate_jsonl
-from service.errors import InvalidRequest, Unprocessable
-from service.ids import new_id, now
+from service import uploads
+from service.errors import ServiceError, Unprocessable
 from service.tables import File
+from service.uploads import DatasetSpool, check_purpose
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
-PURPOSES = ("fine-tune",)
-UPLOAD_FIELDS = ("file", "purpose")
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "purpose"], "additionalProperties": False,
+    "properties": {"file": {"type": "string", "format": "binary", "description": "the JSONL dataset"},
+                   "purpose": {"type": "string", "enum": ["fine-tune"]}},
+}}}}}
 
 
 def file_public(row: File) -> FilePublic:
@@ -30,32 +34,24 @@ def file_public(row: File) -> FilePublic:
                       purpose=row.purpose, format=row.format, lines=row.lines)
 
 
-@router.post("", response_model=FilePublic)
-async def upload_file(
-    request: Request, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep,
-    file: UploadFile, purpose: Annotated[str, Form()],
-) -> FilePublic:
-    # Form fields beyond these would be silently dropped; refuse them so that nobody believes they set e.g. a tenant.
-    if unknown := sorted(set((await request.form()).keys()) - set(UPLOAD_FIELDS)):
-        raise Unprocessable(f"{unknown[0]}: unknown form field; send only {' and '.join(UPLOAD_FIELDS)}",
-                            param=unknown[0], code="unknown_parameter")
-    if purpose not in PURPOSES:
-        raise InvalidRequest(f"purpose must be one of {', '.join(PURPOSES)}", param="purpose", code="invalid_purpose")
-    data = await file.read()  # bounded: api.limits.UploadLimit refused any request over the cap plus its framing
-    refuse_over_cap(len(data), settings.max_upload_bytes)
+@router.post("", response_model=FilePublic, openapi_extra=UPLOAD_BODY)
+def upload_file(
+    request: Request, factory: SessionFactoryDep, tenant: CurrentTenant, settings: SettingsDep,
+) -> FilePublic | JSONResponse:
+    # A plain function: FastAPI runs it in a worker thread and reads no body for it, so parsing and validating a
+    # large upload never holds up the event loop, and the first bad line stops the reading.
+    spool = DatasetSpool(settings, tenant.id)
     try:
-        summary = validate_jsonl(data, max_bytes=settings.max_upload_bytes, max_lines=settings.max_dataset_lines,
-                                 max_line_bytes=settings.max_line_bytes)
-    except DatasetError as e:
-        raise InvalidRequest(f"invalid training file: {e}", param="file", code="invalid_file", line=e.line) from None
-    file_id = new_id("file")
-    relative = f"{tenant.id}/{file_id}.jsonl"
-    sha256, size = write_atomic(settings.files_root / relative, [data])
-    row = File(id=file_id, tenant_id=tenant.id, filename=(file.filename or "upload.jsonl")[:500], purpose=purpose,
-               bytes=size, format=summary.format, lines=summary.lines, sha256=sha256, path=relative,
-               created_at=now())
-    session.add(row)
-    session.commit()
+        form = FormReader(request.headers.get("content-type", ""), "file", ("purpose",), spool.write)
+        form.read(body_chunks(request))
+        if not form.file_seen:
+            raise Unprocessable("file: field required; send the dataset as the multipart field `file`",
+                                param="file", code="missing_parameter")
+        row = spool.keep(factory, form.filename, check_purpose(form.values.get("purpose")))
+    except ServiceError as e:
+        return service_error_response(e, close=True)  # the rest of the body is not read: end the connection
+    finally:
+        spool.discard()
     return file_public(row)
 
 
@@ -93,8 +89,5 @@ def file_content(session: SessionDep, tenant: CurrentTenant, settings: SettingsD
 
 @router.delete("/{file_id}", response_model=FileDeleted)
 def delete_file(session: SessionDep, tenant: CurrentTenant, settings: SettingsDep, file_id: str) -> FileDeleted:
-    row = get_owned_file(session, tenant, file_id)
-    session.delete(row)
-    session.commit()
-    (settings.files_root / row.path).unlink(missing_ok=True)
+    uploads.delete_file(session, settings.files_root, get_owned_file(session, tenant, file_id))
     return FileDeleted(id=file_id)

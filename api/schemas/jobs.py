@@ -96,6 +96,8 @@ class JobPublic(BaseModel):
     estimated_finish: int | None
     metadata: dict[str, str] | None
     progress: JobProgress
+    # Extension: a cancel or pause asked of a running job that its worker has not acted on yet.
+    pending_action: Literal["cancel", "pause"] | None = None
 
 
 class JobsPublic(BaseModel):

@@ -1,5 +1,6 @@
 """Security headers on every answer: a strict Content-Security-Policy (this origin only, no inline code), no
-framing, no MIME sniffing, no referrer. A pure ASGI middleware, so server-sent event streams pass unbuffered."""
+framing, no MIME sniffing, no referrer; and `Cache-Control: no-store` on the API's answers (tenants' data stays out
+of shared caches) unless a route set its own. A pure ASGI middleware, so server-sent event streams pass unbuffered."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
+API_ONLY = [(b"cache-control", b"no-store")]
 HEADERS = [
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"x-content-type-options", b"nosniff"),
@@ -28,10 +30,12 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        extra = HEADERS + API_ONLY if scope["path"].startswith("/v1/") else HEADERS
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                names = {name for name, _ in message.get("headers", [])}
-                message["headers"] = [*message.get("headers", []), *(h for h in HEADERS if h[0] not in names)]
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                message["headers"] = [*message.get("headers", []), *(h for h in extra if h[0] not in names)]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

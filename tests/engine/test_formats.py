@@ -12,6 +12,7 @@ import pytest
 from drlora_core.formats import (
     DatasetError,
     DatasetSummary,
+    LineValidator,
     read_records,
     validate_jsonl,
 )
@@ -261,6 +262,70 @@ def test_over_long_line() -> None:
     assert err.line == 2
     assert f"max_line_bytes={limit}" in err.reason
     assert refusal(short + long[:-1], max_line_bytes=limit).line == 2  # last line, no newline
+
+
+# --- lines no decoder can take (issue 10, finding 5) ---
+
+
+@pytest.mark.parametrize("line", [
+    b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # nested past the decoder's recursion limit
+    b"[" * 100_000,
+    b'{"text": "ok", "n": ' + b"9" * 5000 + b"}",  # past Python's integer-digits limit: a ValueError of its own
+])
+def test_a_line_the_decoder_cannot_take_names_its_line(line: bytes) -> None:
+    err = refusal(jsonl(TEXT) + line + b"\n")
+    assert err.line == 2
+    assert "JSON" in err.reason
+
+
+@pytest.mark.parametrize("escaped", [r"\ud800", r"\uDFFF", r"x\ud83dy"])
+@pytest.mark.parametrize("template", [
+    '{"text": "%s"}',
+    '{"text": "a", "%s": 1}',
+    '{"messages": [{"role": "user", "content": "%s"}, {"role": "assistant", "content": "b"}]}',
+])
+def test_text_that_cannot_be_encoded_is_refused_with_its_line(escaped: str, template: str) -> None:
+    err = refusal(jsonl(TEXT) + (template % escaped).encode() + b"\n")
+    assert err.line == 2
+    assert "surrogate" in err.reason
+
+
+def test_a_valid_escaped_surrogate_pair_is_fine() -> None:
+    assert validate_jsonl(b'{"text": "\\ud83d\\ude00"}\n').lines == 1
+
+
+# --- pushed in pieces, as an upload arrives ---
+
+
+def test_pieces_of_any_size_give_the_same_result() -> None:
+    data = jsonl(CHAT, CHAT, CHAT).replace(b"\n", b"\r\n", 1)
+    whole = validate_jsonl(data)
+    for size in (1, 2, 7, 64):
+        validator = LineValidator()
+        for i in range(0, len(data), size):
+            validator.feed(data[i:i + size])
+        assert validator.finish() == whole
+
+
+def test_an_excess_line_is_refused_as_its_first_byte_arrives() -> None:
+    validator = LineValidator(max_lines=2)
+    validator.feed(jsonl(TEXT, TEXT))
+    with pytest.raises(DatasetError, match="line 3: too many lines"):
+        validator.feed(b"{")
+
+
+def test_an_over_long_line_is_refused_before_its_newline_arrives() -> None:
+    validator = LineValidator(max_line_bytes=100)
+    validator.feed(jsonl(TEXT))
+    with pytest.raises(DatasetError, match="line 2: the line is longer"):
+        validator.feed(b"x" * 102)
+
+
+def test_a_bad_line_is_refused_when_its_newline_arrives() -> None:
+    validator = LineValidator()
+    validator.feed(jsonl(TEXT) + b"oops")
+    with pytest.raises(DatasetError, match="line 2"):
+        validator.feed(b"\n")
 
 
 # --- files ---

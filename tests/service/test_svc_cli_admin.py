@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from drlora_cli.main import build_parser
+from drlora_core.assets import demo_model_dir
 from service.settings import Settings
 from tests.support.service import REPO, settings_env
 
@@ -29,7 +30,10 @@ def test_db_upgrade_keys_create_and_models_add(pg_settings: Settings, fake_model
     out = drlora(pg_settings, "keys", "create", "--tenant", "admin-cli")
     key = out.strip().splitlines()[-1]
     assert key.startswith("drl-") and "key id key-" in out
-    drlora(pg_settings, "models", "add", "cli-model", str(fake_model_dir), "--owned-by", "ops")
+    refused = subprocess.run([sys.executable, "-m", "drlora_cli.main", "models", "add", "not-moe", str(fake_model_dir)],
+                             env=settings_env(pg_settings), cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "no MoE layer drlora supports" in refused.stderr  # nothing to train
+    drlora(pg_settings, "models", "add", "cli-model", str(demo_model_dir()), "--owned-by", "ops")
     with TestClient(create_app(pg_settings, sweep=False)) as client:
         model = client.get("/v1/models/cli-model", headers={"Authorization": f"Bearer {key}"}).json()
     assert model["id"] == "cli-model" and model["owned_by"] == "ops"
