@@ -1,7 +1,7 @@
 """A job's events (also as server-sent events with `?stream=true`) and its checkpoints.
 
-Events are listed oldest first so that `after` works as a cursor for following a job; the stream sends each new
-event as `data: {json}` and ends with `data: [DONE]` once the job is finished or paused and nothing is left to send.
+Events are listed newest first, as OpenAI lists them (`after` pages on to older ones); the stream sends each new
+event, oldest first, as `data: {json}` and ends with `data: [DONE]` once the job is finished or paused and nothing is left to send.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from api.deps import CurrentTenant, SessionDep, SessionFactoryDep
 from api.owned import get_owned_job
 from api.presenters import checkpoint_public, event_id, event_public, parse_event_id
 from api.schemas.jobs import CheckpointsPublic, EventsPublic
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, NotFound
 from service.statuses import STOPPED, JobStatus
 from service.tables import Checkpoint, Job, JobEvent
 
@@ -69,7 +69,10 @@ def list_events(
     if stream:
         return StreamingResponse(_stream(request, factory, job.id, cursor), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    rows = _events_after(session, job.id, cursor, limit + 1)
+    older = select(JobEvent).where(JobEvent.job_id == job.id)
+    if after:
+        older = older.where(JobEvent.id < cursor)
+    rows = session.scalars(older.order_by(JobEvent.id.desc()).limit(limit + 1)).all()
     return EventsPublic(data=[event_public(e) for e in rows[:limit]], has_more=len(rows) > limit)
 
 
@@ -82,8 +85,10 @@ def list_checkpoints(
     query = select(Checkpoint).where(Checkpoint.job_id == job.id)
     if after:
         cursor = session.get(Checkpoint, after)
-        if cursor is not None and cursor.job_id == job.id:
-            query = query.where(Checkpoint.step < cursor.step)
+        if cursor is None or cursor.job_id != job.id:
+            raise NotFound(f"no checkpoint with id {after!r} in job {job.id}", param="after",
+                           code="checkpoint_not_found")
+        query = query.where(Checkpoint.step < cursor.step)
     rows = session.scalars(query.order_by(Checkpoint.step.desc()).limit(limit + 1)).all()
     data = [checkpoint_public(job, c) for c in rows[:limit]]
     return CheckpointsPublic(data=data, has_more=len(rows) > limit, first_id=data[0].id if data else None,
