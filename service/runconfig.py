@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from drlora_core.autoconfig import RunFacts, learning_rate, parameter_count, resolve
-from drlora_core.config import AUTO
-from drlora_core.config import ConfigError, LoraConfig, Method, RunConfig, TrainConfig
+from drlora_core.config import AUTO, ConfigError, LoraConfig, Method, RunConfig, TrainConfig
 from service.errors import InvalidRequest, Unprocessable
 
 # API name -> RunConfig field name, where they differ (the API keeps OpenAI's names).

@@ -18,11 +18,11 @@ from api.owned import get_owned_job
 from api.presenters import job_public
 from api.schemas.hyperparameters import DrLoraHyperparameters, TrainingHyperparameters
 from api.schemas.jobs import JobCreate, JobPublic, JobsPublic, SupervisedMethod
+from drlora_core.config import Method
 from service import jobstate, quota
 from service.errors import InvalidRequest, Unprocessable
 from service.events import add_event
 from service.ids import new_id, now
-from drlora_core.config import Method
 from service.runconfig import build_run_config, hyperparameters_view
 from service.settings import Settings
 from service.statuses import JobStatus
