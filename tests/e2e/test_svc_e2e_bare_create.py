@@ -45,7 +45,9 @@ def served(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
     register_model(settings, "drlora-demo-moe", demo_paths()[0])
     port = free_port()
     api = start_api(settings, port, data / "api.log")
-    worker = start_worker(settings, data / "worker.log")
+    # One torch thread: on a CI machine shared with other processes, two OpenMP threads spin-waiting for each other
+    # made a demo step 60x slower (6.7 s against 0.11 s, 60 steps each, at a load of 18 on 2 cores).
+    worker = start_worker(settings, data / "worker.log", extra_env={"OMP_NUM_THREADS": "1"})
     try:
         yield f"http://127.0.0.1:{port}", new_key(settings, "bare-create").key
     finally:
