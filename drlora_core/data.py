@@ -11,14 +11,17 @@ one internally, so ``labels[0]`` is never a target); positions without loss hold
 - ``chat`` with a tokenizer chat template: the conversation is rendered by ``tokenizer.apply_chat_template``.
   Assistant turn i covers the text between ``render(messages[:i], add_generation_prompt=True)`` and
   ``render(messages[:i + 1])``: its content plus whatever the template closes the turn with (end-of-turn token,
-  EOS, a newline). Only those tokens carry loss; system and user turns and the assistant header never do. Each
+  EOS, a newline). Only those tokens carry loss (unless the message has ``"weight": 0``); system and user turns and
+  the assistant header never do. The template gets each message's ``role``, ``content`` (text parts joined) and
+  ``name`` when given. Each
   partial rendering must be a prefix of the whole conversation's rendering ("prefix-stable"); a template that
   rewrites earlier turns is refused with a `DatasetError` rather than mislabelled.
 - ``chat`` without a chat template uses this plain format, after the tokenizer's leading special tokens::
 
       <|system|>\\n{content}\\n<|user|>\\n{content}\\n<|assistant|>\\n{content}<EOS>\\n<|user|>\\n...
 
-  with loss on each assistant content and the EOS after it.
+  with loss on each assistant content and the EOS after it (none on an assistant message of ``"weight": 0``); a
+  message's ``name`` follows its role: ``<|user|> alice\\n``.
 
 Text after the last loss-carrying token (e.g. a trailing user turn) is dropped: it would cost compute and teach
 nothing. Examples longer than ``max_seq_len`` are cut from the right (the beginning is kept); an example left with no
@@ -41,7 +44,7 @@ from typing import Any
 
 import torch
 
-from drlora_core.formats import DatasetError, Format, read_records
+from drlora_core.formats import DatasetError, Format, content_text, read_records
 
 IGNORE_INDEX = -100
 
@@ -143,24 +146,39 @@ def _pieces(
     if fmt == "prompt_completion":
         return [_Piece("", False, prefix), _Piece(record["prompt"], False),
                 _Piece(record["completion"], True, (eos,))]
-    if use_template:
-        return _template_pieces(record["messages"], tokenizer, line)
-    return _plain_chat_pieces(record["messages"], prefix, eos)
-
-
-def _plain_chat_pieces(messages: list[dict[str, str]], prefix: tuple[int, ...], eos: int) -> list[_Piece]:
-    pieces = [_Piece("", False, prefix)]
-    context = ""
-    for message in messages:
-        if message["role"] == "assistant":
-            pieces += [_Piece(context + "<|assistant|>\n", False), _Piece(message["content"], True, (eos,))]
-            context = "\n"
-        else:
-            context += f"<|{message['role']}|>\n{message['content']}\n"
+    messages = [_plain_message(m) for m in record["messages"]]
+    weights = [m.get("weight", 1) != 0 for m in record["messages"]]
+    pieces = (_template_pieces(messages, weights, tokenizer, line) if use_template
+              else _plain_chat_pieces(messages, weights, prefix, eos))
+    while pieces and not pieces[-1].labelled:  # a trailing weight-0 turn would cost compute and teach nothing
+        pieces.pop()
     return pieces
 
 
-def _template_pieces(messages: list[dict[str, str]], tokenizer: Any, line: int) -> list[_Piece]:
+def _plain_message(message: dict[str, Any]) -> dict[str, str]:
+    """A validated message as chat templates take it: role, text content, and name when given (no weight)."""
+    plain = {"role": message["role"], "content": content_text(message["content"])}
+    if "name" in message:
+        plain["name"] = message["name"]
+    return plain
+
+
+def _plain_chat_pieces(messages: list[dict[str, str]], weights: list[bool], prefix: tuple[int, ...],
+                       eos: int) -> list[_Piece]:
+    pieces = [_Piece("", False, prefix)]
+    context = ""
+    for message, labelled in zip(messages, weights, strict=True):
+        header = f"<|{message['role']}|>" + (f" {message['name']}" if "name" in message else "") + "\n"
+        if message["role"] == "assistant":
+            pieces += [_Piece(context + header, False), _Piece(message["content"], labelled, (eos,))]
+            context = "\n"
+        else:
+            context += f"{header}{message['content']}\n"
+    return pieces
+
+
+def _template_pieces(messages: list[dict[str, str]], weights: list[bool], tokenizer: Any,
+                     line: int) -> list[_Piece]:
     full = _render(tokenizer, messages, generation_prompt=False, line=line)
     pieces: list[_Piece] = []
     done = 0  # characters of `full` already assigned to pieces
@@ -177,7 +195,8 @@ def _template_pieces(messages: list[dict[str, str]], tokenizer: Any, line: int) 
                 f"tokens of messages[{i}] cannot be located; split multi-turn chats into one conversation per "
                 "assistant reply, or use a template that renders earlier turns unchanged",
             )
-        pieces += [_Piece(full[done : len(before)], False), _Piece(full[len(before) : len(through)], True)]
+        pieces += [_Piece(full[done : len(before)], False),
+                   _Piece(full[len(before) : len(through)], weights[i])]
         done = len(through)
     return pieces
 

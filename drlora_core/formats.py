@@ -4,13 +4,17 @@ A dataset is UTF-8 JSONL (no byte order mark): one JSON object per line, every l
 formats, decided by line 1:
 
 - ``chat``: ``{"messages": [{"role": "system" | "user" | "assistant", "content": str}, ...]}`` with at least one
-  assistant message; a system message may only come first.
+  assistant message; a system message may only come first. As in OpenAI's format, ``content`` may also be an array
+  of text parts (``[{"type": "text", "text": str}, ...]``, trained as their concatenation), any message may carry a
+  ``"name"`` (a string), and an assistant message a ``"weight"`` of 0 or 1 (0: the message is context, not a target;
+  at least one assistant message must keep weight 1). Tool use (``"tools"``, ``"functions"``, role ``"tool"``,
+  ``"tool_calls"``) is refused as unsupported.
 - ``prompt_completion``: ``{"prompt": str, "completion": str}``.
 - ``text``: ``{"text": str}``.
 
 The checks are strict on purpose, so that a typo fails at upload rather than silently training on nothing:
 
-- unknown keys are refused, at the top level and inside messages (``"name"``, ``"weight"``, ...), naming them;
+- unknown keys are refused, at the top level and inside messages, naming them;
 - completion, text and assistant content must contain more than whitespace; prompt, system and user content may be
   empty strings;
 - duplicate keys inside one object and the non-standard constants ``NaN``/``Infinity`` are refused;
@@ -41,7 +45,11 @@ _KEYS: dict[Format, tuple[str, ...]] = {
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
 }
-_MESSAGE_KEYS = ("role", "content")
+_MESSAGE_KEYS = ("role", "content", "name", "weight")
+# OpenAI's tool-use fields: named as unsupported rather than as unknown keys.
+_TOOL_KEYS = ("tools", "functions", "parallel_tool_calls")
+_TOOL_MESSAGE_KEYS = ("tool_calls", "function_call", "tool_call_id")
+_TOOL_ROLES = ("tool", "function")
 _BOM = b"\xef\xbb\xbf"
 _EXAMPLES = (
     '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}, '
@@ -261,6 +269,8 @@ def _detect_format(lineno: int, record: dict[str, Any]) -> Format:
 
 
 def _check_record(lineno: int, fmt: Format, record: dict[str, Any]) -> None:
+    if fmt == "chat":
+        _refuse_tool_use(lineno, record, _TOOL_KEYS, "")
     _refuse_unknown_keys(lineno, record, _KEYS[fmt], "")
     if fmt == "text":
         _require_text(lineno, record, "text", "", non_blank=True)
@@ -283,20 +293,75 @@ def _check_messages(lineno: int, record: dict[str, Any]) -> None:
             raise DatasetError(
                 lineno, f'"messages[{i}]" must be an object with "role" and "content", got {_kind(message)}'
             )
+        _refuse_tool_use(lineno, message, _TOOL_MESSAGE_KEYS, where)
         _refuse_unknown_keys(lineno, message, _MESSAGE_KEYS, where)
         role = message.get("role")
         if role is None:
             raise DatasetError(lineno, f'"{where}role" is missing; use one of {", ".join(ROLES)}')
+        if role in _TOOL_ROLES:
+            raise DatasetError(lineno, f'"{where}role" is {json.dumps(role)}: tool use is not supported; remove '
+                                       f'tool messages (roles {", ".join(ROLES)} are)')
         if not isinstance(role, str) or role not in ROLES:
             shown = json.dumps(role) if isinstance(role, str) else _kind(role)
             raise DatasetError(lineno, f'"{where}role" must be one of {", ".join(ROLES)}, got {shown}')
         if role == "system" and i > 0:
             raise DatasetError(lineno, f'"{where}role" is "system", but a system message may only come first')
-        _require_text(lineno, message, "content", where, non_blank=role == "assistant")
+        _check_content(lineno, message, where, non_blank=role == "assistant")
+        _check_name(lineno, message, where)
+        _check_weight(lineno, message, where)
     if not any(m["role"] == "assistant" for m in messages):
         raise DatasetError(
             lineno, 'no message has role "assistant"; a chat needs at least one assistant reply to learn from'
         )
+    if not any(m["role"] == "assistant" and m.get("weight", 1) == 1 for m in messages):
+        raise DatasetError(lineno, 'every assistant message has "weight": 0; give at least one weight 1 to learn from')
+
+
+def content_text(content: str | list[dict[str, str]]) -> str:
+    """A message's text: the string itself, or its text parts joined (as validated by `_check_content`)."""
+    return content if isinstance(content, str) else "".join(part["text"] for part in content)
+
+
+def _refuse_tool_use(lineno: int, obj: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    if found := [k for k in keys if k in obj]:
+        raise DatasetError(lineno, f"{', '.join(json.dumps(where + k) for k in found)}: tool use is not supported; "
+                                   "remove it (training learns from the messages' text)")
+
+
+def _check_content(lineno: int, message: dict[str, Any], where: str, *, non_blank: bool) -> None:
+    """A string, or OpenAI's array of text parts; blankness is judged on the joined text."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        _require_text(lineno, message, "content", where, non_blank=non_blank)
+        return
+    for j, part in enumerate(content):
+        at = f"{where}content[{j}]."
+        if not isinstance(part, dict):
+            raise DatasetError(lineno, f'"{where}content[{j}]" must be an object such as {{"type": "text", '
+                                       f'"text": "..."}}, got {_kind(part)}')
+        if part.get("type") != "text":
+            shown = json.dumps(part["type"]) if isinstance(part.get("type"), str) else "missing"
+            raise DatasetError(lineno, f'"{at}type" is {shown}: only "text" content parts are supported')
+        _refuse_unknown_keys(lineno, part, ("type", "text"), at)
+        _require_text(lineno, part, "text", at, non_blank=False)
+    if non_blank and not content_text(content).strip():
+        raise DatasetError(lineno, f'"{where}content" is empty or only whitespace; give the text to learn')
+
+
+def _check_name(lineno: int, message: dict[str, Any], where: str) -> None:
+    if "name" in message and not isinstance(message["name"], str):
+        raise DatasetError(lineno, f'"{where}name" must be a string, got {_kind(message["name"])}')
+
+
+def _check_weight(lineno: int, message: dict[str, Any], where: str) -> None:
+    if "weight" not in message:
+        return
+    weight = message["weight"]
+    if message["role"] != "assistant":
+        raise DatasetError(lineno, f'"{where}weight" is only allowed on assistant messages')
+    if isinstance(weight, bool) or weight not in (0, 1):
+        shown = json.dumps(weight) if isinstance(weight, int | float | str) else _kind(weight)
+        raise DatasetError(lineno, f'"{where}weight" must be 0 or 1, got {shown}')
 
 
 def _refuse_unknown_keys(lineno: int, obj: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:

@@ -112,10 +112,12 @@ def _announce(session: Session, job_id: str, status: str) -> None:
 
 
 def _stopped(status: JobStatus, t: float) -> dict[str, object]:
-    """The columns of a job entering `status` from running: the attempt's hold on it and any request are cleared;
-    an ended job records when, one going back to the queue is due to be sent to the broker again."""
+    """The columns of a job entering `status` from running: the attempt's hold on it, any request and the estimated
+    finish are cleared; an ended job records when, one going back to the queue is due to be sent to the broker
+    again."""
     when = {"finished_at": t} if status in TERMINAL else {"dispatched_at": None}
-    return {"status": status, "requested_action": None, "worker_id": None, "lease_expires_at": None, **when}
+    return {"status": status, "requested_action": None, "worker_id": None, "lease_expires_at": None,
+            "estimated_finish": None, **when}  # only a running job has an estimate
 
 
 # -- the broker and the worker ------------------------------------------------------------------------------

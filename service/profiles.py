@@ -53,7 +53,7 @@ def new_profile(session: Session, tenant: Tenant, model_id: str, training_file: 
                              param="training_file", code="invalid_file_purpose")
     config = build_run_config("static", hyperparameters, seed, Path(model.path), file.lines, param_prefix="")
     return Profile(id=new_id("ftprof"), tenant_id=tenant.id, model=model_id, training_file=training_file,
-                   max_examples=max_examples, hyperparameters={**hyperparameters_view(config, hyperparameters),
+                   max_examples=max_examples, hyperparameters={**hyperparameters_view(config, hyperparameters, Path(model.path)),
                                                                 "seed": seed},
                    run_config=config.to_dict(), status=JobStatus.queued, created_at=now())
 

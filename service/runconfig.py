@@ -8,6 +8,11 @@ invalid field; a combination that only the model and the file rule out answers 4
 resolved plan is checked against the run and the model (`check_plan`): a growth interval that leaves no growth event
 in the run, ranks above the experts' dimensions, and a sequence length past the model's positions are refused with
 what would work. A model whose config.json says too little is not checked against it.
+
+`learning_rate_multiplier` (OpenAI's name) has no RunConfig field: it scales the auto learning rate (the one
+`autoconfig.learning_rate` picks for the model's size), so the learning rate trained with is `multiplier x auto`.
+The job object shows both: with `learning_rate` given instead, the multiplier shown is `learning_rate / auto`; with
+neither, it is 1. Giving both is refused, as they would contradict each other.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from drlora_core.autoconfig import RunFacts, parameter_count, resolve, total_steps
-from drlora_core.config import RANK_MULTIPLE, ConfigError, LoraConfig, Method, RunConfig, TrainConfig
+from drlora_core.autoconfig import RunFacts, learning_rate, parameter_count, resolve, total_steps
+from drlora_core.config import AUTO, RANK_MULTIPLE, ConfigError, LoraConfig, Method, RunConfig, TrainConfig
 from drlora_core.model_facts import ModelFacts, ModelFactsError, read_model_facts
 from drlora_core.schedule import growth_start, growth_steps, warmup_steps
 from service.errors import InvalidRequest, Unprocessable
@@ -29,14 +34,20 @@ LORA_FIELDS = {f.name for f in dataclasses.fields(LoraConfig)}
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
+MULTIPLIER = "learning_rate_multiplier"
+
+
 def build_run_config(method: Method, hyperparameters: dict[str, Any], seed: int, model_dir: Path,
                      examples: int, *, param_prefix: str | None = None) -> RunConfig:
     """The resolved configuration of a job; raises Unprocessable / InvalidRequest naming the parameter, under
     `param_prefix` (default: the job body's `method.<method>.hyperparameters.`)."""
     prefix = f"method.{method}.hyperparameters." if param_prefix is None else param_prefix
+    parameters = parameter_count(model_dir)
     lora: dict[str, Any] = {"method": method}
-    train: dict[str, Any] = {"seed": seed}
+    train: dict[str, Any] = {"seed": seed, "lr": _learning_rate(method, hyperparameters, parameters)}
     for name, value in hyperparameters.items():
+        if name in (MULTIPLIER, "learning_rate"):
+            continue
         field = RENAMES.get(name, name)
         (lora if field in LORA_FIELDS else train)[field] = value
     unknown = set(train) - TRAIN_FIELDS
@@ -46,7 +57,7 @@ def build_run_config(method: Method, hyperparameters: dict[str, Any], seed: int,
     except ConfigError as e:
         raise Unprocessable(_message(prefix, e), param=_param(prefix, e.param), code="invalid_value") from None
     try:
-        config = resolve(requested, RunFacts(parameter_count(model_dir), examples))
+        config = resolve(requested, RunFacts(parameters, examples))
         check_plan(config, _facts(model_dir), examples)
     except ConfigError as e:
         raise InvalidRequest(_message(prefix, e), param=_param(prefix, e.param), code="invalid_value") from None
@@ -87,9 +98,23 @@ def _facts(model_dir: Path) -> ModelFacts | None:
         return None
 
 
-def hyperparameters_view(config: RunConfig, names: Iterable[str]) -> dict[str, Any]:
+def _learning_rate(method: Method, hyperparameters: dict[str, Any], parameters: int | None) -> float | str:
+    """The requested learning rate: `learning_rate` as given, or the multiplier times the auto one."""
+    multiplier, lr = hyperparameters.get(MULTIPLIER, AUTO), hyperparameters.get("learning_rate", AUTO)
+    if multiplier == AUTO:
+        return lr  # type: ignore[no-any-return]
+    if lr != AUTO:
+        raise Unprocessable(f"{_param(method, MULTIPLIER)}: give learning_rate or learning_rate_multiplier, not "
+                            f"both (the multiplier scales the auto learning rate, {learning_rate(parameters):g} for "
+                            "this model)", param=_param(method, MULTIPLIER), code="invalid_value")
+    return float(multiplier) * learning_rate(parameters)
+
+
+def hyperparameters_view(config: RunConfig, names: Iterable[str], model_dir: Path) -> dict[str, Any]:
     """The configuration's values under the API's names, for the job object."""
     values = {**config.to_dict()["lora"], **config.to_dict()["train"]}
+    # rounded: 1.5 x auto / auto need not give back exactly 1.5 in binary floating point
+    values[MULTIPLIER] = float(f"{config.train.resolved_lr / learning_rate(parameter_count(model_dir)):.12g}")
     return {name: values[RENAMES.get(name, name)] for name in names}
 
 

@@ -93,6 +93,8 @@ class Job(Base):
     dispatched_at: Mapped[float | None] = mapped_column(Float)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    integrations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # as requested; none runs yet
+    result_files: Mapped[list[str] | None] = mapped_column(JSON)  # ids of files (purpose fine-tune-results)
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),

@@ -23,7 +23,7 @@ from drlora_core.atomic import zip_dir_atomic
 from drlora_core.config import ConfigError, RunConfig
 from drlora_core.formats import DatasetError
 from drlora_core.run import RunResult, train_run
-from service import jobstate
+from service import jobstate, resultfiles
 from service.ids import new_id, now
 from service.jobstate import Fenced, fine_tuned_model_name
 from service.settings import Settings
@@ -31,7 +31,7 @@ from service.statuses import JobStatus, RequestedAction
 from service.storage import StorageError, verified_path
 from service.tables import Artifact, Checkpoint, File, Job, RegisteredModel
 from worker.lease import Claim, Heartbeat, claim
-from worker.recorder import Recorder
+from worker.recorder import Recorder, add_checkpoint
 from worker.retry import write_fenced
 from worker.training import attempt_dir
 
@@ -123,11 +123,15 @@ def _inputs(session: Session, job: Job, settings: Settings) -> Inputs:
 
 def publish(factory: sessionmaker[Session], owned: Claim, heartbeat: Heartbeat, result: RunResult,
             settings: Settings) -> JobStatus:
-    """Zip the adapter, then record it and the job's success in one fenced transaction; a cancel asked for during
-    the last step wins, and nothing is published."""
+    """Zip the adapter and write the result file, then record them, the final step as a checkpoint (unless the
+    trainer saved one there) and the job's success in one fenced transaction; a cancel asked for during the last
+    step wins, and nothing is published."""
     assert result.adapter_dir is not None
     relative = f"{owned.job_id}/attempt-{owned.attempt}/adapter.zip"
     sha256, size = zip_dir_atomic(result.adapter_dir, settings.artifact_root / relative)
+    adapter_path = str(result.adapter_dir.resolve().relative_to(settings.runs_root.resolve()))
+    with factory() as s:
+        results = resultfiles.build(s, settings.files_root, s.get_one(Job, owned.job_id))
 
     def write(s: Session) -> JobStatus:
         job = s.get_one(Job, owned.job_id)
@@ -135,11 +139,21 @@ def publish(factory: sessionmaker[Session], owned: Claim, heartbeat: Heartbeat, 
             return jobstate.release(s, owned.job_id, owned.attempt, result.step)
         s.add(Artifact(id=new_id("artifact"), job_id=owned.job_id, kind="adapter", step=result.step,
                        checkpoint_id=None, path=relative, sha256=sha256, bytes=size, created_at=now()))
+        if s.scalar(select(Checkpoint.id).where(Checkpoint.job_id == owned.job_id,
+                                                Checkpoint.step == result.step)) is None:
+            add_checkpoint(s, owned, result.step, adapter_path, relative, sha256, size)  # OpenAI lists the final one
+        resultfiles.record(s, owned.job_id, results)
         jobstate.finish(s, owned.job_id, owned.attempt, step=result.step, fine_tuned_model=fine_tuned_model_name(job),
                         message=f"Job succeeded after {result.step} steps; adapter sha256 {sha256}")
         return JobStatus.succeeded
 
-    outcome = write_fenced(factory, owned, heartbeat, write)
+    try:
+        outcome = write_fenced(factory, owned, heartbeat, write)
+    except BaseException:
+        resultfiles.discard(settings.files_root, results)
+        raise
+    if outcome != JobStatus.succeeded:
+        resultfiles.discard(settings.files_root, results)
     shutil.rmtree(settings.runs_root / owned.job_id, ignore_errors=True)
     return outcome
 

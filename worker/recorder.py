@@ -36,6 +36,21 @@ log = logging.getLogger("drlora.worker")
 shutdown_requested = threading.Event()
 
 
+def add_checkpoint(s: Session, claim: Claim, step: int, path: str, artifact_path: str, sha256: str,
+                   size: int) -> None:
+    """The rows of a checkpoint at `step`: `path` (relative to the runs root) resumes it, the zip at `artifact_path`
+    (relative to the artifact root) is its adapter for `?checkpoint=`. Also used for the final step at publish."""
+    metric = s.get(Metric, (claim.job_id, step))
+    ckpt = Checkpoint(id=new_id("ftckpt"), job_id=claim.job_id, step=step, attempt=claim.attempt, path=path,
+                      created_at=now(), metrics={"step": step, "train_loss": metric.train_loss if metric else None,
+                                                 "valid_loss": metric.valid_loss if metric else None})
+    s.add(ckpt)
+    s.add(Artifact(id=new_id("artifact"), job_id=claim.job_id, kind="checkpoint", step=step, checkpoint_id=ckpt.id,
+                   path=artifact_path, sha256=sha256, bytes=size, created_at=now()))
+    add_event(s, claim.job_id, claim.attempt, f"Checkpoint saved at step {step}",
+              data={"step": step, "checkpoint": ckpt.id})
+
+
 class Recorder:
     def __init__(self, factory: sessionmaker[Session], claim: Claim, heartbeat: Heartbeat, *, runs_root: Path,
                  artifact_root: Path, time_limit_s: float) -> None:
@@ -121,16 +136,8 @@ class Recorder:
             s.execute(delete(Checkpoint).where(Checkpoint.job_id == self.claim.job_id, Checkpoint.step == step))
             s.execute(delete(Artifact).where(Artifact.job_id == self.claim.job_id, Artifact.kind == "checkpoint",
                                              Artifact.step == step))
-            metric = s.get(Metric, (self.claim.job_id, step))
-            ckpt = Checkpoint(id=new_id("ftckpt"), job_id=self.claim.job_id, step=step, attempt=self.claim.attempt,
-                              path=str(path.resolve().relative_to(self.runs_root.resolve())), created_at=now(),
-                              metrics={"step": step, "train_loss": metric.train_loss if metric else None,
-                                       "valid_loss": metric.valid_loss if metric else None})
-            s.add(ckpt)
-            s.add(Artifact(id=new_id("artifact"), job_id=self.claim.job_id, kind="checkpoint", step=step,
-                           checkpoint_id=ckpt.id, path=artifact_rel, sha256=sha256, bytes=size, created_at=now()))
-            add_event(s, self.claim.job_id, self.claim.attempt, f"Checkpoint saved at step {step}",
-                      data={"step": step, "checkpoint": ckpt.id})
+            add_checkpoint(s, self.claim, step, str(path.resolve().relative_to(self.runs_root.resolve())),
+                           artifact_rel, sha256, size)
 
         self._write(write)
 

@@ -2,8 +2,8 @@
 
 Event ids number a job's own events (`ftevent-1` is its first), so they reveal nothing about other jobs; `after`
 (and a stream's `Last-Event-ID`) is such a number. Events are append-only, so a number always names the same event.
-Events are listed oldest first so that `after` works as a cursor for following a job; the stream sends each new
-event as `data: {json}` with its `id:`, a comment line every `stream_keepalive_s` while nothing happens, and ends
+Events are listed newest first, as OpenAI lists them (`after` pages on to older ones); the stream sends each new
+event, oldest first, as `data: {json}` with its `id:`, a comment line every `stream_keepalive_s` while nothing happens, and ends
 with `data: [DONE]` once the job is finished or paused and nothing is left to send.
 
 A stream holds no database connection while it waits: ownership is checked in the request's own short session,
@@ -19,7 +19,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -28,7 +28,7 @@ from api.owned import get_owned_job
 from api.presenters import checkpoint_public, event_public, parse_event_id
 from api.schemas.jobs import CheckpointsPublic, EventsPublic
 from api.streams import StreamSlots
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, NotFound
 from service.settings import Settings
 from service.statuses import STOPPED, JobStatus
 from service.tables import Checkpoint, Job, JobEvent
@@ -45,6 +45,17 @@ def _events_after(session: Session, job_id: str, after: int, limit: int) -> Numb
         select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id).offset(after).limit(limit)
     ).all()
     return [(after + i, row) for i, row in enumerate(rows, start=1)]
+
+
+def _events_before(session: Session, job_id: str, before: int | None, limit: int) -> Numbered:
+    """Up to `limit` of the job's events numbered below `before` (from its newest when None), newest first."""
+    top = before - 1 if before is not None else session.scalar(
+        select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job_id)) or 0
+    start = max(0, top - limit)
+    rows = session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id).offset(start).limit(top - start)
+    ).all()
+    return [(start + i, row) for i, row in enumerate(rows, start=1)][::-1]
 
 
 def _poll(factory: sessionmaker[Session], job_id: str, after: int) -> tuple[Numbered, str]:
@@ -104,8 +115,8 @@ def list_events(
         return StreamingResponse(_stream(request, factory, job.id, cursor, settings, lambda: slots.give_back(key_hash)),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    rows = _events_after(session, job.id, cursor, limit + 1)
-    return EventsPublic(data=[event_public(e, n) for n, e in rows[:limit]], has_more=len(rows) > limit)
+    rows = _events_before(session, job.id, cursor if after else None, limit)
+    return EventsPublic(data=[event_public(e, n) for n, e in rows], has_more=bool(rows) and rows[-1][0] > 1)
 
 
 @router.get("/{fine_tuning_job_id}/checkpoints", response_model=CheckpointsPublic)
@@ -117,8 +128,10 @@ def list_checkpoints(
     query = select(Checkpoint).where(Checkpoint.job_id == job.id)
     if after:
         cursor = session.get(Checkpoint, after)
-        if cursor is not None and cursor.job_id == job.id:
-            query = query.where(Checkpoint.step < cursor.step)
+        if cursor is None or cursor.job_id != job.id:
+            raise NotFound(f"no checkpoint with id {after!r} in job {job.id}", param="after",
+                           code="checkpoint_not_found")
+        query = query.where(Checkpoint.step < cursor.step)
     rows = session.scalars(query.order_by(Checkpoint.step.desc()).limit(limit + 1)).all()
     data = [checkpoint_public(job, c) for c in rows[:limit]]
     return CheckpointsPublic(data=data, has_more=len(rows) > limit, first_id=data[0].id if data else None,

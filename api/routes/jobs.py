@@ -16,7 +16,9 @@ from sqlalchemy.orm import Session
 from api.deps import CeleryDep, CurrentTenant, SessionDep, SessionFactoryDep, SettingsDep
 from api.owned import get_owned_job
 from api.presenters import job_public
-from api.schemas.jobs import DrLoraMethod, JobCreate, JobPublic, JobsPublic
+from api.schemas.hyperparameters import DrLoraHyperparameters, TrainingHyperparameters
+from api.schemas.jobs import JobCreate, JobPublic, JobsPublic, SupervisedMethod
+from drlora_core.config import Method
 from service import jobstate, quota
 from service.errors import InvalidRequest, Unprocessable
 from service.events import add_event
@@ -55,6 +57,22 @@ def _check_file(session: Session, tenant: Tenant, file_id: str, param: str) -> F
     return row
 
 
+def _requested_method(body: JobCreate) -> tuple[Method, TrainingHyperparameters]:
+    """The method to train and its hyperparameters; OpenAI's `supervised` and legacy top-level `hyperparameters`
+    are both trained as `lora`."""
+    if body.hyperparameters is not None:
+        if body.method is not None:
+            raise InvalidRequest("give hyperparameters either at the top level (OpenAI's legacy form, trained as "
+                                 "lora) or under method.<type>.hyperparameters, not both", param="hyperparameters",
+                                 code="invalid_value")
+        return "lora", body.hyperparameters
+    if body.method is None:
+        return "dr_lora", DrLoraHyperparameters()
+    if isinstance(body.method, SupervisedMethod):
+        return "lora", body.method.supervised.hyperparameters
+    return body.method.type, getattr(body.method, body.method.type).hyperparameters
+
+
 def _new_job(session: Session, tenant: Tenant, body: JobCreate, settings: Settings) -> Job:
     model = session.get(RegisteredModel, body.model)
     if model is None:
@@ -63,17 +81,18 @@ def _new_job(session: Session, tenant: Tenant, body: JobCreate, settings: Settin
     training_file = _check_file(session, tenant, body.training_file, "training_file")
     if body.validation_file:
         _check_file(session, tenant, body.validation_file, "validation_file")
-    method = body.method or DrLoraMethod(type="dr_lora")
-    requested = getattr(method, method.type).hyperparameters.model_dump()
+    method, hyperparameters = _requested_method(body)
+    requested = hyperparameters.model_dump()
     if requested["checkpoint_every"] is None:
         requested["checkpoint_every"] = settings.default_checkpoint_every
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
-    config = build_run_config(method.type, requested, seed, Path(model.path), training_file.lines)
+    config = build_run_config(method, requested, seed, Path(model.path), training_file.lines)
+    integrations = [i.model_dump(mode="json") for i in body.integrations] if body.integrations is not None else None
     return Job(
         id=new_id("ftjob"), tenant_id=tenant.id, model=body.model, training_file=body.training_file,
-        validation_file=body.validation_file, method=method.type,
-        hyperparameters=hyperparameters_view(config, requested), run_config=config.to_dict(), seed=seed,
-        suffix=body.suffix,
+        validation_file=body.validation_file, method=method,
+        hyperparameters=hyperparameters_view(config, requested, Path(model.path)), run_config=config.to_dict(),
+        seed=seed, suffix=body.suffix, integrations=integrations, result_files=[],
         meta=body.metadata, status=JobStatus.queued, step=0, created_at=now(), attempt=0, lost_attempts=0,
         max_attempts=settings.max_attempts,
     )
@@ -86,12 +105,13 @@ def create_job(
 ) -> JobPublic:
     request_hash = _request_hash(body)
     if idempotency_key and (existing := _replay(session, tenant, idempotency_key, request_hash)):
-        return job_public(existing)  # a replay is answered even when the quota is full
+        return job_public(existing, tenant.name)  # a replay is answered even when the quota is full
     job = _new_job(session, tenant, body, settings)
     if settings.max_active_jobs_per_tenant:
         quota.lock_tenant(session, tenant.id)  # held until the commit: parallel creates of this tenant queue here
         if idempotency_key and (existing := _replay(session, tenant, idempotency_key, request_hash)):
-            public = job_public(existing)  # a parallel request with this key committed while we waited
+            # a parallel request with this key committed while we waited
+            public = job_public(existing, tenant.name)
             session.rollback()
             return public
         quota.check_active_jobs(session, tenant.id, settings.max_active_jobs_per_tenant)
@@ -105,10 +125,10 @@ def create_job(
         existing = _replay(session, tenant, idempotency_key or "", request_hash)
         if existing is None:
             raise
-        return job_public(existing)
+        return job_public(existing, tenant.name)
     dispatch(factory, celery, job.id)
     session.refresh(job)
-    return job_public(job)
+    return job_public(job, tenant.name)
 
 
 def _metadata_filters(request: Request) -> dict[str, str]:
@@ -129,12 +149,12 @@ def list_jobs(
         query = query.where((Job.created_at < cursor.created_at)
                             | ((Job.created_at == cursor.created_at) & (Job.id < cursor.id)))
     rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
-    return JobsPublic(data=[job_public(j) for j in rows[:limit]], has_more=len(rows) > limit)
+    return JobsPublic(data=[job_public(j, tenant.name) for j in rows[:limit]], has_more=len(rows) > limit)
 
 
 @router.get("/{fine_tuning_job_id}", response_model=JobPublic)
 def retrieve_job(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: str) -> JobPublic:
-    return job_public(get_owned_job(session, tenant, fine_tuning_job_id))
+    return job_public(get_owned_job(session, tenant, fine_tuning_job_id), tenant.name)
 
 
 @router.post("/{fine_tuning_job_id}/cancel", response_model=JobPublic)
@@ -142,7 +162,7 @@ def cancel_job(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: s
     job = get_owned_job(session, tenant, fine_tuning_job_id)
     jobstate.cancel(session, job)
     session.commit()
-    return job_public(job)
+    return job_public(job, tenant.name)
 
 
 @router.post("/{fine_tuning_job_id}/pause", response_model=JobPublic)
@@ -150,7 +170,7 @@ def pause_job(session: SessionDep, tenant: CurrentTenant, fine_tuning_job_id: st
     job = get_owned_job(session, tenant, fine_tuning_job_id)
     jobstate.pause(session, job)
     session.commit()
-    return job_public(job)
+    return job_public(job, tenant.name)
 
 
 @router.post("/{fine_tuning_job_id}/resume", response_model=JobPublic)
@@ -169,4 +189,4 @@ def resume_job(
     if requeued:
         dispatch(factory, celery, job.id)
         session.refresh(job)
-    return job_public(job)
+    return job_public(job, tenant.name)

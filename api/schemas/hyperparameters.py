@@ -68,6 +68,9 @@ class TrainingHyperparameters(BaseModel):
     batch_size: Annotated[int | Auto, AutoOr(int, 1, 4096)] = Field(TRAIN.batch_size)
     grad_accum: int = Field(TRAIN.grad_accum, ge=1, le=1024)
     learning_rate: Annotated[float | Auto, AutoOr(float, 0, 1, low_open=True)] = Field(TRAIN.lr)
+    learning_rate_multiplier: Annotated[float | Auto, AutoOr(float, 0, 100, low_open=True)] = Field(
+        AUTO, description="OpenAI's name: scales the auto learning rate (learning_rate = multiplier x the auto "
+                          "learning rate); auto: 1, or learning_rate / the auto learning rate when learning_rate is set")
     weight_decay: float = Field(TRAIN.weight_decay, ge=0, le=1)
     warmup_ratio: float = Field(TRAIN.warmup_ratio, ge=0, lt=1)
     max_seq_len: int = Field(TRAIN.max_seq_len, ge=8, le=131_072)

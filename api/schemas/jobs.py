@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 
 from api.schemas.hyperparameters import DrLoraHyperparameters, LoraHyperparameters, StaticHyperparameters
 from service.statuses import JobStatus
@@ -39,7 +39,14 @@ class StaticMethod(_Strict):
     static: StaticSpec = Field(default_factory=StaticSpec)
 
 
-Method = Annotated[DrLoraMethod | LoraMethod | StaticMethod, Field(discriminator="type")]
+class SupervisedMethod(_Strict):
+    """OpenAI's `supervised`: trained as `lora` (one rank for every expert), and shown as `lora` on the job."""
+
+    type: Literal["supervised"]
+    supervised: LoraSpec = Field(default_factory=LoraSpec)
+
+
+Method = Annotated[DrLoraMethod | LoraMethod | StaticMethod | SupervisedMethod, Field(discriminator="type")]
 
 METADATA_KEY = r"^[A-Za-z0-9_.\-]{1,64}$"
 
@@ -54,16 +61,37 @@ def _no_nul(value: str) -> str:
 Text = Annotated[str, AfterValidator(_no_nul)]
 
 
+Name = Annotated[Text, Field(min_length=1, max_length=200)]
+
+
+class WandbIntegration(_Strict):
+    project: Name
+    name: Name | None = None
+    entity: Name | None = None
+    tags: list[Annotated[Text, Field(min_length=1, max_length=64)]] | None = Field(None, max_length=50)
+
+
+class Integration(_Strict):
+    """OpenAI's integration object: stored and shown on the job; no integration runs here (yet)."""
+
+    type: Literal["wandb"]
+    wandb: WandbIntegration
+
+
 class JobCreate(_Strict):
     model: Text = Field(min_length=1, max_length=200)
     training_file: Text = Field(min_length=1, max_length=40)
-    validation_file: Text | None = Field(None, max_length=40)
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    validation_file: Text | None = Field(None, min_length=1, max_length=40)
+    # strict: JSON true must not become seed 1
+    seed: StrictInt | None = Field(None, ge=0, le=2**31 - 1)
     suffix: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
     metadata: dict[Annotated[str, Field(pattern=METADATA_KEY)], Annotated[Text, Field(max_length=512)]] | None = Field(
         None, max_length=16
     )
     method: Method | None = None
+    hyperparameters: LoraHyperparameters | None = Field(
+        None, description="OpenAI's legacy form: trained as `lora`; give it or `method`, not both")
+    integrations: list[Integration] | None = Field(None, max_length=10)
 
 
 class JobError(BaseModel):
@@ -95,6 +123,8 @@ class JobPublic(BaseModel):
     result_files: list[str]
     estimated_finish: int | None
     metadata: dict[str, str] | None
+    organization_id: str
+    integrations: list[Integration] | None
     progress: JobProgress
     # Extension: a cancel or pause asked of a running job that its worker has not acted on yet.
     pending_action: Literal["cancel", "pause"] | None = None

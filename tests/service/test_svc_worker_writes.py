@@ -19,7 +19,7 @@ from service.db import transaction
 from service.jobstate import Fenced
 from service.settings import Settings
 from service.statuses import JobStatus, RequestedAction
-from service.tables import Artifact, Checkpoint, ExpertStat, Job, Metric, RankSnapshot
+from service.tables import Artifact, Checkpoint, ExpertStat, File, Job, Metric, RankSnapshot
 from service.tables import GrowthEvent as GrowthRow
 from tests.support.job_rows import job_in, messages, row_values, sqlite_factory
 from tests.support.service import make_settings
@@ -259,3 +259,72 @@ def test_record_failure_fails_the_job_once_and_only_for_its_owner(factory: sessi
     assert job["error"] == {"code": "invalid_input", "message": "file gone", "param": None}
     assert record_failure(factory, owned, beat, "training_error", "late") == "fenced"  # no longer running
     assert row_values(factory, owned.job_id)["error"]["code"] == "invalid_input"
+
+
+# -- what OpenAI's users expect of a finished job (issue 10) ----------------------------------------------------
+def checkpoints(factory: sessionmaker[Session], job_id: str) -> list[tuple[int, str | None]]:
+    """(step, the zip its adapter downloads from) of each checkpoint."""
+    with factory() as s:
+        rows = s.execute(select(Checkpoint.step, Artifact.path).join(Artifact, Artifact.checkpoint_id == Checkpoint.id,
+                                                                     isouter=True)
+                         .where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)).all()
+    return [(step, path) for step, path in rows]
+
+
+def test_a_job_shorter_than_checkpoint_every_lists_its_final_step(factory: sessionmaker[Session], owned: Claim,
+                                                                  settings: Settings) -> None:
+    rec = recorder(factory, owned, settings)
+    rec.on_start(total_steps=6, ranks=RANKS, start_step=0)
+    rec.on_step(metrics(6, total=6))
+    assert publish(factory, owned, heartbeat(factory, owned), completed(settings, owned), settings) == "succeeded"
+    [adapter] = adapters(factory, owned.job_id)
+    assert checkpoints(factory, owned.job_id) == [(6, adapter.path)]  # the final adapter is its download
+    with factory() as s:
+        ckpt = s.scalars(select(Checkpoint).where(Checkpoint.job_id == owned.job_id)).one()
+    assert ckpt.metrics == {"step": 6, "train_loss": pytest.approx(2.0 / 6), "valid_loss": None}
+
+
+def test_the_final_checkpoint_is_not_recorded_twice(factory: sessionmaker[Session], owned: Claim,
+                                                    settings: Settings) -> None:
+    rec = recorder(factory, owned, settings)
+    rec.on_start(total_steps=6, ranks=RANKS, start_step=0)
+    path = settings.runs_root / owned.job_id / "attempt-1" / "checkpoint-000006"
+    adapter_dir(path / CHECKPOINT_ADAPTER)
+    rec.on_checkpoint(6, path)
+    saved = checkpoints(factory, owned.job_id)
+    publish(factory, owned, heartbeat(factory, owned), completed(settings, owned), settings)
+    assert checkpoints(factory, owned.job_id) == saved
+
+
+def test_publish_lists_the_metric_series_as_a_result_file(factory: sessionmaker[Session], owned: Claim,
+                                                          settings: Settings) -> None:
+    rec = recorder(factory, owned, settings)
+    rec.on_start(total_steps=3, ranks=RANKS, start_step=0)
+    rec.on_step(metrics(1, total=3))
+    rec.on_growth([GrowthEvent(step=2, layer=0, expert=1, old_rank=2, new_rank=6, saliency=0.9, frequency=0.5,
+                               importance=0.5)], stats(2, [[2, 6], [2, 2]]))
+    rec.on_step(metrics(2, total=3))
+    rec.on_step(metrics(3, total=3))
+    rec.on_eval(3, valid_loss=0.25)
+    publish(factory, owned, heartbeat(factory, owned), completed(settings, owned, step=3), settings)
+    [file_id] = row_values(factory, owned.job_id)["result_files"]
+    with factory() as s:
+        row = s.get_one(File, file_id)
+    assert (row.purpose, row.format, row.lines) == ("fine-tune-results", "csv", 3)
+    assert row.tenant_id == row_values(factory, owned.job_id)["tenant_id"]
+    stored = settings.files_root / row.path
+    assert sha256_of(stored) == row.sha256
+    lines = stored.read_text().splitlines()
+    assert lines[0] == ("step,train_loss,valid_loss,learning_rate,tokens_per_second,grad_norm,"
+                        "mean_rank_layer_0,mean_rank_layer_1")
+    assert lines[1] == "1,2.0,,0.001,100.0,1.0,2.0,2.0"  # ranks as they started
+    assert lines[2].endswith(",4.0,2.0") and lines[3] == "3,0.6666666666666666,0.25,0.001,100.0,1.0,4.0,2.0"
+
+
+def test_a_job_that_does_not_succeed_keeps_no_result_file(factory: sessionmaker[Session], owned: Claim,
+                                                          settings: Settings) -> None:
+    with transaction(factory) as s:
+        s.get_one(Job, owned.job_id).requested_action = RequestedAction.cancel
+    publish(factory, owned, heartbeat(factory, owned), completed(settings, owned), settings)
+    assert row_values(factory, owned.job_id)["result_files"] is None
+    assert not settings.files_root.exists() or not any(p.is_file() for p in settings.files_root.rglob("*"))
