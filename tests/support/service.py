@@ -48,6 +48,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if value is not None and value != "":
             env[f"DRLORA_{name.upper()}"] = str(value)
     env["PYTHONUNBUFFERED"] = "1"
+    env["OMP_NUM_THREADS"] = "1"  # two torch threads fighting the test process on 2 cores run ~50x slower
     env["HF_HUB_OFFLINE"] = "1"
     env["TRANSFORMERS_OFFLINE"] = "1"
     return env
@@ -226,7 +227,7 @@ def start_serve(home: Path, port: int, **extra_env: str) -> Process:
     """`drlora serve` as a newcomer starts it: `HOME` is `home` (so `~/.drlora` is fresh) and no `DRLORA_*` variable
     is set but `extra_env`; its output goes to home/serve.log. Stop it with SIGINT, as Ctrl-C would."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRLORA_")}
-    env.update(HOME=str(home), PYTHONUNBUFFERED="1", **extra_env)
+    env.update(HOME=str(home), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra_env)
     proc = Process([sys.executable, "-m", "drlora_cli.main", "serve", "--port", str(port)], env, home / "serve.log",
                    cwd=home)
     try:
