@@ -42,6 +42,19 @@ def request_id_of(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
+def _route_template(scope: Scope) -> str:
+    """The matched route's path template; for a request answered before routing (the key check refuses it first),
+    the documented path template it would have reached."""
+    if (route := scope.get("route")) is not None:
+        return str(getattr(route, "path", UNMATCHED))
+    app = scope.get("app")
+    if app is None:
+        return UNMATCHED
+    if not hasattr(app.state, "path_templates"):
+        app.state.path_templates = [(t, re.compile(re.sub(r"\{[^}]+\}", "[^/]+", t))) for t in app.openapi()["paths"]]
+    return next((t for t, pattern in app.state.path_templates if pattern.fullmatch(scope["path"])), UNMATCHED)
+
+
 class Observe:
     def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
         self.app, self.metrics = app, metrics
@@ -66,7 +79,7 @@ class Observe:
             await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", UNMATCHED)
+            route = _route_template(scope)
             self.metrics.observe(scope["method"], route, status, seconds)
             log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, seconds * 1000,
                      extra={"method": scope["method"], "route": route, "status": status,
