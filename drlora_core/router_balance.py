@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ def balance_loss(model: nn.Module, enabled: bool) -> Iterator[list[torch.Tensor]
     if not enabled:
         yield collected
         return
-    config = model.config
+    config: Any = model.config  # a transformers PretrainedConfig
     before = getattr(config, "output_router_logits", None)
 
     def keep(module: nn.Module, args: object, output: object) -> None:
