@@ -1,72 +1,116 @@
-"""The quality benchmark (BENCHMARKS.md, 'Quality'): dr_lora, lora and static at the same budget on the demo
-model's target task, several seeds each; held-out loss, exact-match accuracy, final rank maps, and how the ranks
-line up with the experts the target task routes to.
+"""The quality benchmark (docs/benchmarks.md, 'Quality'): method arms at one budget, 5 seeds paired by seed.
 
-Each run is set up and trained by the engine's own `prepare_run` / `train_prepared` (what `train_run` does), but
-keeps the adapted model in memory so its completions can be decoded without an export and reload.
+`task="demand"` (the default) is the demand-vs-traffic task of `bench/demand_task.py`; `task="demo"` is the earlier
+comparison on the demo's own target task (dr_lora, lora, static). Every run is set up and trained by the engine's own
+`prepare_run` / `train_prepared` and keeps the adapted model in memory to decode its test sets. Runs are appended to
+`<out>/runs.jsonl` as they finish, and a rerun with the same settings skips the runs already there, so an interrupted
+benchmark continues where it stopped. The primary comparison is fixed here, before any run: dr_lora minus static
+(frequency) in exact match on part B.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from bench.decode import exact_match, greedy_completions
-from drlora_core.assets import DEMO_MODEL_ID, demo_model_dir, demo_train_file, demo_val_file
+from bench.demand_task import TaskFiles, read_rows, routing_by_part, train_rows_with_parts, write_task
+from bench.paired import paired_interval
+from drlora_core.assets import DEMO_MODEL_ID, demo_train_file, demo_val_file
 
-ROUTING_PROFILE = "routing_profile.json"
+
+@dataclass(frozen=True)
+class Arm:
+    """One method setting: a method and the LoraConfig / TrainConfig fields it changes from the defaults."""
+
+    name: str
+    method: str
+    lora: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+# The arms, fixed before the first run. Option values are the ones a user would pick without seeing this task:
+# the window ends at half the run; the router trains with the model's own balance coefficient.
+ARMS = (
+    Arm("lora@r_init", "lora", {"r_target": "r_init"}),
+    Arm("lora@r_target", "lora"),
+    Arm("lora@r_max", "lora", {"r_target": "r_max"}),
+    Arm("static", "static"),
+    Arm("static_fg", "static", {"static_profile": "saliency"}),
+    Arm("dr_lora", "dr_lora"),
+    Arm("dr_lora_window", "dr_lora", {"growth_end_ratio": 0.5}),
+    Arm("dr_lora_f", "dr_lora", {"saliency_signal": "f"}),
+    Arm("dr_lora_g", "dr_lora", {"saliency_signal": "g"}),
+    Arm("dr_lora_router", "dr_lora", train={"train_router": True}),
+    Arm("dr_lora_per_token", "dr_lora", {"saliency_signal": "g_per_token"}),
+)
+DEMO_ARMS = ("dr_lora", "lora@r_target", "static")
+CORE_ARMS = ("lora@r_init", "lora@r_target", "lora@r_max", "static", "dr_lora")
+PRIMARY = {"a": "dr_lora", "b": "static", "metric": "b"}
+METRICS = ("b", "a", "macro")
+BASELINES = ("lora@r_target", "static", "dr_lora")
 
 
 @dataclass(frozen=True)
 class QualitySettings:
-    seeds: int = 3
-    methods: tuple[str, ...] = ("dr_lora", "lora", "static")
-    # Sized for a few minutes on one CPU core (9 runs). On the rebuilt demo task a rank-8 LoRA reaches ~90 %
-    # exact match in about 300 steps of batch 16 at lr 2e-3, so longer runs would only saturate every method.
+    task: Literal["demand", "demo"] = "demand"
+    seeds: int = 5
+    arms: tuple[str, ...] = tuple(a.name for a in ARMS)
     steps: int = 300
     batch_size: int = 16
     lr: float = 2e-3
     r_init: int = 4
     r_target: int = 8
     r_max: int = 16
-    growth_interval: int = 15  # ~19 events: the paper's T / total steps (200 / 3750) at this length
-    max_seq_len: int = 64
-    max_new_tokens: int = 8
-    eval_limit: int | None = None  # decode only the first N held-out examples
-    threads: int | None = 1  # the demo model is too small to gain from more; one thread shares a busy machine best
+    max_seq_len: int = 48
+    eval_limit: int | None = None  # decode only the first N items of each test set
+    workers: int = 2  # runs in parallel, one process and one thread each
+    threads: int = 1
     out_dir: Path = Path("runs/bench-quality")  # /runs/ is git-ignored
     model: str = DEMO_MODEL_ID
-    train_file: Path = field(default_factory=demo_train_file)
-    val_file: Path = field(default_factory=demo_val_file)
+
+    @classmethod
+    def quick(cls, out_dir: Path, task: Literal["demand", "demo"] = "demand") -> QualitySettings:
+        """The CI size: only checks that the harness runs every arm (two seeds, so intervals exist)."""
+        arms = DEMO_ARMS if task == "demo" else tuple(a.name for a in ARMS)
+        return cls(task=task, seeds=2, arms=arms, steps=8, eval_limit=16, workers=1, out_dir=out_dir)
 
 
 def run_quality(settings: QualitySettings) -> dict[str, Any]:
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    torch.set_num_threads(settings.threads)
     started = time.perf_counter()
-    profile = target_routing(settings.model)
-    baseline = evaluate_base(settings)
-    runs = []
-    for seed in range(settings.seeds):
-        for method in settings.methods:
-            runs.append(one_run(settings, method, seed, profile))
-            r = runs[-1]
-            print(f"{method} seed {seed}: held-out loss {r['val_loss']:.4f}, exact match {r['exact_match']:.1%} "
-                  f"({r['seconds']:.0f}s)", file=sys.stderr, flush=True)
-    summary = {m: summarise([r for r in runs if r["method"] == m]) for m in settings.methods}
-    result = {"settings": _jsonable(asdict(settings)), "before_finetuning": baseline, "runs": runs,
-              "summary": summary, "target_routing_share": profile, "seconds": time.perf_counter() - started,
-              "environment": _environment()}
-    result["analysis"] = compare(summary)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
+    files = _task_files(settings)
+    profile = routing_profile(settings, files)
+    done = _finished_runs(settings)
+    # The primary comparison and the premise first, all seeds; then the other arms: a stopped run leaves
+    # complete seeds for the arms that matter most.
+    order = sorted(settings.arms, key=lambda arm: arm not in CORE_ARMS)
+    groups = [[a for a in order if a in CORE_ARMS], [a for a in order if a not in CORE_ARMS]]
+    jobs = [(settings, arm, seed, files) for group in groups for seed in range(settings.seeds) for arm in group
+            if (arm, seed) not in done]
+    log = settings.out_dir / "runs.jsonl"
+    with log.open("a") as out:
+        for run in _map(jobs, settings.workers):
+            out.write(json.dumps(run) + "\n")
+            out.flush()
+            done[(run["arm"], run["seed"])] = run
+            print(f"{run['arm']} seed {run['seed']}: B {run['b']:.1%} A {run['a']:.1%} ({run['seconds']:.0f}s)",
+                  file=sys.stderr, flush=True)
+    runs = [done[(arm, seed)] for seed in range(settings.seeds) for arm in settings.arms]
+    result = {"settings": _jsonable(asdict(settings)), "primary": PRIMARY, "routing": profile, "runs": runs,
+              "summary": summarise(runs, settings.arms), "comparisons": compare(runs, settings),
+              "premise": premise(runs, settings), "seconds": time.perf_counter() - started,
+              "environment": _environment()}
     try:
         from bench.plots import rank_heatmaps
 
@@ -76,117 +120,134 @@ def run_quality(settings: QualitySettings) -> dict[str, Any]:
     return result
 
 
-def one_run(settings: QualitySettings, method: str, seed: int, profile: list[list[float]] | None) -> dict[str, Any]:
-    from drlora_core.callbacks import Hooks
+def _task_files(settings: QualitySettings) -> TaskFiles:
+    if settings.task == "demo":
+        return TaskFiles(demo_train_file(), demo_train_file(), demo_val_file(), demo_val_file())
+    return write_task(settings.out_dir / "task")
+
+
+def _finished_runs(settings: QualitySettings) -> dict[tuple[str, int], dict[str, Any]]:
+    """Runs already in runs.jsonl with these settings (a rerun continues an interrupted benchmark)."""
+    log = settings.out_dir / "runs.jsonl"
+    key = _fingerprint(settings)
+    runs = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    return {(r["arm"], r["seed"]): r for r in runs if r.get("settings") == key}
+
+
+def _fingerprint(settings: QualitySettings) -> dict[str, Any]:
+    keep = ("task", "steps", "batch_size", "lr", "r_init", "r_target", "r_max", "max_seq_len", "eval_limit", "model")
+    return {k: _jsonable(getattr(settings, k)) for k in keep}
+
+
+def _map(jobs: list[tuple[Any, ...]], workers: int) -> Any:
+    if workers <= 1 or len(jobs) <= 1:
+        return (_job(job) for job in jobs)
+    pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), maxtasksperchild=4)
+    return pool.imap_unordered(_job, jobs)
+
+
+def _job(job: tuple[Any, ...]) -> dict[str, Any]:
+    settings, arm, seed, files = job
+    torch.set_num_threads(settings.threads)
+    return one_run(settings, arm_named(arm), seed, files)
+
+
+def arm_named(name: str) -> Arm:
+    return next(a for a in ARMS if a.name == name)
+
+
+def run_config(settings: QualitySettings, arm: Arm, seed: int) -> Any:
+    from drlora_core.autoconfig import growth_interval
     from drlora_core.config import LoraConfig, RunConfig, TrainConfig
+
+    named = {"r_init": settings.r_init, "r_target": settings.r_target, "r_max": settings.r_max}
+    lora: dict[str, Any] = {k: named.get(v, v) if isinstance(v, str) else v for k, v in arm.lora.items()}
+    train = TrainConfig(max_steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=seed,
+                        device="cpu", max_seq_len=settings.max_seq_len, gradient_checkpointing=False, **arm.train)
+    window = lora.get("growth_end_ratio", 1.0)
+    if arm.method == "lora":
+        config = LoraConfig(method="lora", r_target=lora.pop("r_target", settings.r_target), growth_interval=1, **lora)
+    else:
+        config = LoraConfig(method=arm.method, r_init=settings.r_init, r_target=settings.r_target,  # type: ignore[arg-type]
+                            r_max=settings.r_max, growth_interval=growth_interval(settings.steps, train.warmup_ratio,
+                                                                                  window), **lora)
+    return RunConfig(config, train)
+
+
+def one_run(settings: QualitySettings, arm: Arm, seed: int, files: TaskFiles) -> dict[str, Any]:
     from drlora_core.run import prepare_run, train_prepared
 
-    config = RunConfig(
-        LoraConfig(method=method, r_init=settings.r_init, r_target=settings.r_target,  # type: ignore[arg-type]
-                   r_max=settings.r_max, growth_interval=settings.growth_interval),
-        TrainConfig(max_steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=seed,
-                    device="cpu", max_seq_len=settings.max_seq_len))
     started = time.perf_counter()
-    run = prepare_run(settings.model, settings.train_file, config, settings.val_file)
-    val_losses: list[float] = []
-    train_losses: list[float] = []
-    hooks = Hooks(eval=lambda step, loss: val_losses.append(loss), step=lambda m: train_losses.append(m.train_loss))
-    result = train_prepared(run, settings.out_dir / f"{method}-seed{seed}", [hooks])
-    train_seconds = time.perf_counter() - started
-    accuracy = held_out_accuracy(run.model, run.tokenizer, settings)
-    return {"method": method, "seed": seed, "val_loss": val_losses[-1] if val_losses else None,
-            "exact_match": accuracy, "final_train_loss": train_losses[-1] if train_losses else None,
+    config = run_config(settings, arm, seed)
+    run = prepare_run(settings.model, files.train, config)
+    result = train_prepared(run, settings.out_dir / "runs" / f"{arm.name}-seed{seed}")
+    scores = {part: accuracy(run.model, run.tokenizer, path, settings.eval_limit)
+              for part, path in (("a", files.test_a), ("b", files.test_b))}
+    return {"arm": arm.name, "seed": seed, **scores, "macro": (scores["a"] + scores["b"]) / 2,
             "ranks": result.ranks, "growth_events": len(result.growth_events),
-            "rank_routing_spearman": rank_alignment(result.ranks, profile),
-            "train_seconds": train_seconds, "seconds": time.perf_counter() - started}
+            "last_growth_step": max((e.step for e in result.growth_events), default=None),
+            "growth_interval": config.lora.growth_interval, "seconds": time.perf_counter() - started,
+            "settings": _fingerprint(settings)}
 
 
-def evaluate_base(settings: QualitySettings) -> dict[str, Any]:
-    """The base model on the same held-out set: what fine-tuning starts from."""
-    from drlora_core.run import load_base, load_batches
-    from drlora_core.trainer import token_loss
-
-    model, tokenizer, _ = load_base(settings.model, torch.device("cpu"))
-    model.eval()
-    total = count = 0.0
-    with torch.no_grad():
-        for batch in load_batches(settings.val_file, tokenizer, settings.max_seq_len, 64):
-            total += float(token_loss(model, batch))
-            count += int((batch["labels"][:, 1:] != -100).sum())
-    return {"val_loss": total / max(count, 1), "exact_match": held_out_accuracy(model, tokenizer, settings)}
-
-
-def held_out_accuracy(model: torch.nn.Module, tokenizer: Any, settings: QualitySettings) -> float:
-    rows = [json.loads(line) for line in settings.val_file.read_text().splitlines() if line.strip()]
-    rows = rows[:settings.eval_limit] if settings.eval_limit else rows
-    predictions = greedy_completions(model, tokenizer, [r["prompt"] for r in rows], settings.max_new_tokens)
+def accuracy(model: torch.nn.Module, tokenizer: Any, path: Path, limit: int | None) -> float:
+    rows = read_rows(path)[:limit] if limit else read_rows(path)
+    longest = max(len(tokenizer(r["completion"])["input_ids"]) for r in rows)
+    predictions = greedy_completions(model, tokenizer, [r["prompt"] for r in rows], longest + 1)
     return exact_match(predictions, [r["completion"] for r in rows])
 
 
-def target_routing(model: str) -> list[list[float]] | None:
-    """Per layer, the share of the target task's top-k assignments each expert gets (the demo's profile)."""
-    path = demo_model_dir() / ROUTING_PROFILE if model == DEMO_MODEL_ID else Path(model) / ROUTING_PROFILE
-    if not path.is_file():
+def routing_profile(settings: QualitySettings, files: TaskFiles) -> dict[str, Any] | None:
+    """How the base model routes part A and part B of the training data (None for the demo task)."""
+    if settings.task == "demo":
         return None
-    share = json.loads(path.read_text()).get("share", {})
-    return share.get("target_task")
+    from drlora_core.run import load_base
+
+    model, tokenizer, _ = load_base(settings.model, torch.device("cpu"))
+    rows = train_rows_with_parts(files)
+    return routing_by_part(model, tokenizer, rows)
 
 
-def rank_alignment(ranks: list[list[int]], share: list[list[float]] | None) -> float | None:
-    """Mean over layers of the Spearman correlation between an expert's final rank and its target routing share;
-    None where ranks are uniform (lora) or no profile exists."""
-    if share is None:
-        return None
-    values = [c for r, s in zip(ranks, share, strict=True) if (c := spearman(r, s)) is not None]
-    return statistics.fmean(values) if values else None
-
-
-def spearman(x: list[int] | list[float], y: list[float]) -> float | None:
-    rx, ry = _ranks(x), _ranks(y)
-    if len(set(rx)) < 2 or len(set(ry)) < 2:
-        return None
-    return statistics.correlation(rx, ry)
-
-
-def _ranks(values: list[int] | list[float]) -> list[float]:
-    """Average ranks (ties share their mean rank)."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2
-        i = j + 1
+def summarise(runs: list[dict[str, Any]], arms: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for arm in arms:
+        mine = [r for r in runs if r["arm"] == arm]
+        out[arm] = {m: {"mean": statistics.fmean(r[m] for r in mine),
+                        "std": statistics.stdev(r[m] for r in mine) if len(mine) > 1 else 0.0} for m in METRICS}
     return out
 
 
-def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"runs": len(runs)}
-    for key in ("val_loss", "exact_match", "rank_routing_spearman", "train_seconds"):
-        values = [r[key] for r in runs if r[key] is not None]
-        out[key] = {"mean": statistics.fmean(values) if values else None,
-                    "std": statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)}
+def compare(runs: list[dict[str, Any]], settings: QualitySettings) -> dict[str, Any]:
+    """Every arm minus each baseline arm, paired by seed, per metric; the primary comparison first."""
+    by = {(r["arm"], r["seed"]): r for r in runs}
+    seeds = range(settings.seeds)
+
+    def diff(a: str, b: str, metric: str) -> dict[str, Any]:
+        return paired_interval([by[(a, s)][metric] for s in seeds], [by[(b, s)][metric] for s in seeds])
+
+    out: dict[str, Any] = {}
+    if PRIMARY["a"] in settings.arms and PRIMARY["b"] in settings.arms:
+        out["primary"] = {"a": PRIMARY["a"], "b": PRIMARY["b"], "metric": PRIMARY["metric"],
+                          **diff(PRIMARY["a"], PRIMARY["b"], PRIMARY["metric"])}
+    for base in (b for b in BASELINES if b in settings.arms):
+        out[f"vs_{base}"] = {arm: {m: diff(arm, base, m) for m in METRICS} for arm in settings.arms if arm != base}
     return out
 
 
-def compare(summary: dict[str, Any]) -> dict[str, Any]:
-    """dr_lora minus each baseline, with the standard error of that difference over the seeds: with 3 seeds a
-    difference under two standard errors is not evidence of anything."""
-    if "dr_lora" not in summary:
+def premise(runs: list[dict[str, Any]], settings: QualitySettings) -> dict[str, Any]:
+    """What uniform LoRA gains from rank on each part: r_max minus r_init, and r_target minus r_init."""
+    by = {(r["arm"], r["seed"]): r for r in runs}
+    seeds = range(settings.seeds)
+    if not {"lora@r_init", "lora@r_target", "lora@r_max"} <= set(settings.arms):
         return {}
-    dr = summary["dr_lora"]
-    out = {}
-    for other in (m for m in summary if m != "dr_lora"):
-        o = summary[other]
-        entry: dict[str, Any] = {}
-        for key in ("exact_match", "val_loss"):
-            diff = dr[key]["mean"] - o[key]["mean"]
-            se = math.sqrt(((dr[key]["std"] or 0.0) ** 2) / dr["runs"] + ((o[key]["std"] or 0.0) ** 2) / o["runs"])
-            entry[key] = {"diff": diff, "standard_error": se, "beyond_two_se": abs(diff) > 2 * se}
-        out[f"dr_lora_vs_{other}"] = entry
+    out: dict[str, Any] = {}
+    for high in ("lora@r_target", "lora@r_max"):
+        for metric in ("b", "a"):
+            out[f"{high}_minus_lora@r_init_{metric}"] = paired_interval(
+                [by[(high, s)][metric] for s in seeds], [by[("lora@r_init", s)][metric] for s in seeds])
+    gain_b = [by[("lora@r_max", s)]["b"] - by[("lora@r_init", s)]["b"] for s in seeds]
+    gain_a = [by[("lora@r_max", s)]["a"] - by[("lora@r_init", s)]["a"] for s in seeds]
+    out["b_gain_minus_a_gain"] = paired_interval(gain_b, gain_a)
     return out
 
 
@@ -199,8 +260,13 @@ def _environment() -> dict[str, Any]:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
+
+
+__all__ = ["ARMS", "Arm", "QualitySettings", "replace", "run_quality"]

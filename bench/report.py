@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 RATIO_LABELS: tuple[tuple[str, str, str], ...] = (
@@ -57,40 +58,52 @@ def _model_table(model: dict[str, Any]) -> list[str]:
 
 def quality_markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
-    base = result["before_finetuning"]
-    lines = [
-        f"Demo target task, {s['steps']} steps x batch {s['batch_size']}, lr {s['lr']}, budget r_target "
-        f"{s['r_target']} (r_init {s['r_init']}, r_max {s['r_max']}, growth every {s['growth_interval']}), "
-        f"{s['seeds']} seed(s); {result['seconds'] / 60:.1f} min on {result['environment']['device']}",
-        "",
-        "| method | held-out loss | exact match | rank vs routing (Spearman) | train s/run |",
-        "|---|---|---|---|---|",
-        f"| base model (no fine-tuning) | {base['val_loss']:.4f} | {base['exact_match']:.1%} | - | - |",
-    ]
-    for method, m in result["summary"].items():
-        lines.append(f"| {method} | {_pm(m['val_loss'], '.4f')} | {_pm(m['exact_match'], '.1%')} | "
-                     f"{_pm(m['rank_routing_spearman'], '.2f')} | {m['train_seconds']['mean']:.0f} |")
-    lines += ["", "Per run:", "", "| method | seed | held-out loss | exact match | experts grown, summed over events |",
-              "|---|---|---|---|---|"]
-    for r in result["runs"]:
-        lines.append(f"| {r['method']} | {r['seed']} | {r['val_loss']:.4f} | {r['exact_match']:.1%} | "
-                     f"{r['growth_events']} |")
-    for name, c in result.get("analysis", {}).items():
-        em, loss = c["exact_match"], c["val_loss"]
-        lines += ["", f"{name}: exact match {100 * em['diff']:+.1f} ± {100 * em['standard_error']:.1f} points, "
-                      f"held-out loss {loss['diff']:+.4f} ± {loss['standard_error']:.4f} (difference ± its standard "
-                      f"error over seeds; {_verdict(em, loss)})"]
+    demo = s["task"] == "demo"
+    metrics = ("b",) if demo else ("b", "a", "macro")
+    names = {"b": "exact match" if demo else "B exact match", "a": "A exact match", "macro": "macro"}
+    lines = [f"{s['task']} task, {s['steps']} steps x batch {s['batch_size']}, lr {s['lr']}, budget r_target "
+             f"{s['r_target']} (r_init {s['r_init']}, r_max {s['r_max']}), {s['seeds']} seeds paired by seed; "
+             f"{result['seconds'] / 60:.1f} min on {result['environment']['device']}", ""]
+    if result.get("routing"):
+        r = result["routing"]
+        lines += [f"Routing of the training data by the base model: part B is {r['b_token_share']:.1%} of the routed "
+                  "tokens; per layer, the experts taking half of B's assignments ("
+                  + "; ".join(f"L{i}: {e}" for i, e in enumerate(r["b_experts"])) + ") receive "
+                  + ", ".join(f"{v:.1%}" for v in r["b_experts_traffic_share"]) + " of all assignments.", ""]
+    lines += ["| arm | " + " | ".join(names[m] for m in metrics) + " | growth events | s/run |",
+              "|---|" + "---|" * len(metrics) + "---|---|"]
+    for arm, m in result["summary"].items():
+        runs = [r for r in result["runs"] if r["arm"] == arm]
+        lines.append(f"| {arm} | " + " | ".join(f"{100 * m[k]['mean']:.1f} ± {100 * m[k]['std']:.1f}" for k in metrics)
+                     + f" | {runs[0]['growth_events']} | {statistics.fmean(r['seconds'] for r in runs):.0f} |")
+    c = result["comparisons"]
+    if "primary" in c:
+        p = c["primary"]
+        lines += ["", f"**Primary (fixed before running): {p['a']} minus {p['b']}, {names[p['metric']]}: "
+                      f"{_interval(p)}**"]
+    if result.get("premise"):
+        lines += ["", "Premise, uniform LoRA (paired differences, points):", ""]
+        lines += [f"- {name}: {_interval(iv)}" for name, iv in result["premise"].items()]
+    for base, table in ((k, v) for k, v in c.items() if k.startswith("vs_")):
+        lines += ["", f"Paired differences {base.replace('vs_', 'minus ')} (points, 95 % t-interval over seeds; "
+                      "* = interval excludes 0):", "", "| arm | " + " | ".join(names[m] for m in metrics) + " |",
+                  "|---|" + "---|" * len(metrics)]
+        for arm, by_metric in table.items():
+            lines.append(f"| {arm} | " + " | ".join(_interval(by_metric[m]) for m in metrics) + " |")
+    lines += ["", "Per seed (" + ", ".join(names[m] for m in metrics) + "):", ""]
+    for arm in result["summary"]:
+        runs = sorted((r for r in result["runs"] if r["arm"] == arm), key=lambda r: r["seed"])
+        lines.append(f"- {arm}: " + "; ".join("/".join(f"{100 * r[m]:.1f}" for m in metrics) for r in runs))
     if result.get("heatmap"):
         lines += ["", f"rank heatmaps: {result['heatmap']}"]
     return "\n".join(lines)
 
 
-def _verdict(em: dict[str, Any], loss: dict[str, Any]) -> str:
-    if not (em["beyond_two_se"] or loss["beyond_two_se"]):
-        return "both within two standard errors: no detectable difference"
-    better = (em["beyond_two_se"] and em["diff"] > 0) or (loss["beyond_two_se"] and loss["diff"] < 0)
-    worse = (em["beyond_two_se"] and em["diff"] < 0) or (loss["beyond_two_se"] and loss["diff"] > 0)
-    return "mixed" if better and worse else ("dr_lora better" if better else "dr_lora worse")
+def _interval(iv: dict[str, Any]) -> str:
+    if iv["low"] is None:
+        return f"{100 * iv['mean']:+.1f} (one seed: no interval)"
+    return (f"{100 * iv['mean']:+.1f} [{100 * iv['low']:+.1f}, {100 * iv['high']:+.1f}]"
+            + ("*" if iv["significant"] else ""))
 
 
 def _pm(stat: dict[str, Any], fmt: str) -> str:

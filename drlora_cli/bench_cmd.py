@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,21 @@ def register(subparsers: Any) -> None:
     speed.add_argument("--check", action="store_true", help="exit 1 when a ratio gate fails (CI)")
     speed.set_defaults(handler=run_speed)
 
-    quality = sub.add_parser("quality", help="dr_lora vs lora vs static on the demo model's target task")
+    quality = sub.add_parser("quality", help="method arms at one budget on the demand-vs-traffic task (or the demo "
+                                             "task), seeds paired, 95%% intervals")
+    quality.add_argument("--task", choices=("demand", "demo"), default="demand",
+                         help="demand: rare demanding items among frequent easy ones (default); demo: the demo's "
+                              "target task with dr_lora, lora and static")
+    quality.add_argument("--quick", action="store_true", help="the CI size: checks only that the harness runs")
     quality.add_argument("--json", type=Path, help="write every figure to this JSON file")
     quality.add_argument("--out", type=Path, default=Path("runs/bench-quality"),
-                         help="directory for the rank heatmaps PNG and run outputs (default runs/bench-quality)")
-    quality.add_argument("--seeds", type=int, default=3)
+                         help="directory for the task files, runs.jsonl and the rank heatmaps (default "
+                              "runs/bench-quality); a rerun continues the runs logged there")
+    quality.add_argument("--seeds", type=int, help="seeds per arm (default 5)")
     quality.add_argument("--steps", type=int, help="optimizer steps per run (default: the harness's)")
-    quality.add_argument("--methods", default="dr_lora,lora,static")
-    quality.add_argument("--eval-limit", type=int, help="held-out examples to decode (default: all)")
-    quality.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    quality.add_argument("--arms", help="comma-separated arms (default: all of the task's)")
+    quality.add_argument("--eval-limit", type=int, help="items to decode per test set (default: all)")
+    quality.add_argument("--workers", type=int, help="runs in parallel, one process each (default 2)")
     quality.set_defaults(handler=run_quality)
 
 
@@ -77,12 +84,14 @@ def run_speed(args: argparse.Namespace) -> int:
 
 def run_quality(args: argparse.Namespace) -> int:
     _import_bench()
-    from bench.quality import QualitySettings, run_quality
+    from bench.quality import DEMO_ARMS, QualitySettings, run_quality
     from bench.report import quality_markdown
 
-    settings = QualitySettings(seeds=args.seeds, methods=tuple(_csv(args.methods)), out_dir=args.out,
-                               eval_limit=args.eval_limit, threads=args.threads,
-                               **({"steps": args.steps} if args.steps else {}))
+    settings = QualitySettings.quick(args.out, args.task) if args.quick else QualitySettings(
+        task=args.task, out_dir=args.out, **({"arms": DEMO_ARMS} if args.task == "demo" else {}))  # type: ignore[arg-type]
+    given = {"seeds": args.seeds, "steps": args.steps, "eval_limit": args.eval_limit, "workers": args.workers,
+             "arms": tuple(_csv(args.arms)) if args.arms else None}
+    settings = replace(settings, **{k: v for k, v in given.items() if v is not None})
     result = run_quality(settings)
     print(quality_markdown(result))
     _write_json(args.json, result)

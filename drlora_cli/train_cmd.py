@@ -14,7 +14,7 @@ from drlora_cli.render import rank_summary
 if TYPE_CHECKING:
     from drlora_core.callbacks import ExpertStats, GrowthEvent, StepMetrics, StopReason
 
-from drlora_core.config import AUTO, DTYPES, METHODS, RunConfig
+from drlora_core.config import AUTO, DTYPES, METHODS, SALIENCY_SIGNALS, STATIC_PROFILES, RunConfig
 
 DEFAULT = RunConfig()
 
@@ -49,6 +49,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--growth-interval", type=_int_or_auto, default=lora.growth_interval,
                    help="optimizer steps between growth events; auto: the paper's 18 events over the run "
                         "(default: %(default)s)")
+    p.add_argument("--growth-end-ratio", type=float, default=lora.growth_end_ratio,
+                   help="the last growth event at or before this share of the steps (default: %(default)s)")
+    p.add_argument("--saliency-signal", choices=SALIENCY_SIGNALS, default=lora.saliency_signal,
+                   help="what growth ranks experts by: the paper's f_g, f or g alone, or g_per_token (our variant: "
+                        "importance per routed token) (default: %(default)s)")
+    p.add_argument("--per-slice-adam-steps", action="store_true", default=lora.per_slice_adam_steps,
+                   help="AdamW bias correction keyed on each rank slice's own age (default: %(default)s)")
+    p.add_argument("--static-profile", choices=STATIC_PROFILES, default=lora.static_profile,
+                   help="static: ranks from routing counts, or from f*g over the warmup steps (default: %(default)s)")
+    p.add_argument("--train-router", action="store_true", default=train.train_router,
+                   help="train the router after warmup, with the model's load-balancing loss (default: %(default)s)")
+    p.add_argument("--router-aux-loss-coef", type=float, default=train.router_aux_loss_coef,
+                   help="with --train-router: the balance loss weight; None: the model's own (default: %(default)s)")
     p.add_argument("--max-seq-len", type=int, default=train.max_seq_len, help="(default: %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=train.checkpoint_every,
                    help="optimizer steps between checkpoints; 0: only at the end (default: %(default)s)")
@@ -113,10 +126,13 @@ def run_config(args: argparse.Namespace, train_file: Path) -> RunConfig:
 
     requested = RunConfig(
         LoraConfig(method=args.method, r_init=args.r_init, r_target=args.r_target, r_max=args.r_max,
-                   growth_interval=args.growth_interval),
+                   growth_interval=args.growth_interval, growth_end_ratio=args.growth_end_ratio,
+                   saliency_signal=args.saliency_signal, per_slice_adam_steps=args.per_slice_adam_steps,
+                   static_profile=args.static_profile),
         TrainConfig(max_steps=args.max_steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     seed=args.seed, device=args.device, dtype=args.dtype, max_seq_len=args.max_seq_len,
-                    checkpoint_every=args.checkpoint_every, gradient_checkpointing=args.gradient_checkpointing),
+                    checkpoint_every=args.checkpoint_every, gradient_checkpointing=args.gradient_checkpointing,
+                    train_router=args.train_router, router_aux_loss_coef=args.router_aux_loss_coef),
     )
     with open(train_file, "rb") as f:
         examples = sum(1 for line in f if line.strip())

@@ -13,7 +13,7 @@ it before training, so both doors resolve alike. The rules:
   small files train on at least 100 examples (at most 25 epochs) and lowered so that large ones train on at most
   25,000 (at least 1 epoch).
 - growth interval: the paper's number of growth events (3,750 steps, T = 200, 3% warmup: 18 events) over this run's
-  steps after warmup, at least 1 step apart.
+  steps after warmup (up to the growth window's end when `growth_end_ratio` < 1), at least 1 step apart.
 - gradient checkpointing: off (until the memory estimate decides it).
 An unknown model size counts as a real model.
 """
@@ -56,7 +56,7 @@ def resolve(config: RunConfig, facts: RunFacts) -> RunConfig:
     train = _resolve_train(config.train, facts)
     if lora.growth_interval == AUTO:
         lora = dataclasses.replace(lora, growth_interval=growth_interval(total_steps(train, facts.examples),
-                                                                         train.warmup_ratio))
+                                                                         train.warmup_ratio, lora.growth_end_ratio))
     return RunConfig(lora, train)
 
 
@@ -79,11 +79,12 @@ def epochs_and_batch(examples: int) -> tuple[int, int]:
     return epochs, batch
 
 
-def growth_interval(total_steps: int, warmup_ratio: float) -> int:
+def growth_interval(total_steps: int, warmup_ratio: float, growth_end_ratio: float = 1.0) -> int:
     """The interval that gives the paper's number of growth events after warmup (the trainer's schedule: events
-    at start, start + T, ... <= total - T)."""
+    at start, start + T, ... <= total - T), within the growth window when one is set."""
     start = max(math.ceil(warmup_ratio * total_steps), 1)
-    return max(1, (total_steps - start) // PAPER_GROWTH_EVENTS)
+    end = min(total_steps, math.floor(growth_end_ratio * total_steps))
+    return max(1, (end - start) // PAPER_GROWTH_EVENTS)
 
 
 def parameter_count(model_dir: Path) -> int | None:

@@ -18,6 +18,14 @@ Auto = Literal["auto"]
 AUTO: Auto = "auto"
 Dtype = Literal["auto", "bf16", "fp32"]
 DTYPES: tuple[Dtype, ...] = ("auto", "bf16", "fp32")
+# What a growth event ranks experts by: the paper's f*g, one factor alone, or (our variant, not the paper's) slice
+# importance per routed token, g / f, a demand signal that does not grow with an expert's traffic.
+SaliencySignal = Literal["f_g", "f", "g", "g_per_token"]
+SALIENCY_SIGNALS: tuple[SaliencySignal, ...] = ("f_g", "f", "g", "g_per_token")
+# How `static` measures its profile: routing counts on a pass over the data (the paper's baseline), or f*g
+# measured over the warmup steps and applied once when warmup ends.
+StaticProfile = Literal["frequency", "saliency"]
+STATIC_PROFILES: tuple[StaticProfile, ...] = ("frequency", "saliency")
 # The grouped expert kernels need aligned rank strides: r_max is always a multiple of this.
 RANK_MULTIPLE = 8
 
@@ -52,6 +60,10 @@ class LoraConfig:
     alpha: float | None = None  # None means 2 * r_max
     dropout: float = 0.1
     weight_frequency_by_routing: bool = False
+    growth_end_ratio: float = 1.0  # the last growth event at or before this share of the steps (1.0: total - T)
+    saliency_signal: SaliencySignal = "f_g"
+    static_profile: StaticProfile = "frequency"
+    per_slice_adam_steps: bool = False  # AdamW bias correction keyed on each rank slice's own age
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -75,6 +87,14 @@ class LoraConfig:
             raise ConfigError("alpha", f"must be positive (or unset for 2 * r_max), got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout}")
+        if isinstance(self.growth_end_ratio, bool) or not 0.0 < self.growth_end_ratio <= 1.0:
+            raise ConfigError("growth_end_ratio", f"must be in (0, 1], got {self.growth_end_ratio!r}")
+        if self.saliency_signal not in SALIENCY_SIGNALS:
+            raise ConfigError("saliency_signal", f"must be one of {', '.join(SALIENCY_SIGNALS)}, "
+                                                 f"got {self.saliency_signal!r}")
+        if self.static_profile not in STATIC_PROFILES:
+            raise ConfigError("static_profile", f"must be one of {', '.join(STATIC_PROFILES)}, "
+                                                f"got {self.static_profile!r}")
 
     def _check_ranks(self) -> None:
         if isinstance(self.r_max, int) and self.r_max % RANK_MULTIPLE:
@@ -124,6 +144,8 @@ class TrainConfig:
     dtype: Dtype = "auto"
     gradient_checkpointing: bool | Auto = AUTO
     train_router: bool = False  # after warmup; the router is always frozen during warmup
+    # With train_router: weight of the model's own load-balancing loss; None means the model's router_aux_loss_coef.
+    router_aux_loss_coef: float | None = None
     checkpoint_every: int = 0  # optimizer steps; 0 = only at the end
     eval_every: int = 0  # optimizer steps; 0 = only at the end
     experts_impl: Literal["grouped", "loop"] = "grouped"
@@ -150,6 +172,10 @@ class TrainConfig:
         if self.gradient_checkpointing not in (True, False, AUTO):
             raise ConfigError("gradient_checkpointing",
                               f"must be true, false or 'auto', got {self.gradient_checkpointing!r}")
+        if self.router_aux_loss_coef is not None and (isinstance(self.router_aux_loss_coef, bool)
+                                                      or not 0.0 <= self.router_aux_loss_coef <= 1.0):
+            raise ConfigError("router_aux_loss_coef", f"must be in [0, 1] (or unset for the model's own), "
+                                                      f"got {self.router_aux_loss_coef!r}")
         if self.experts_impl not in ("grouped", "loop"):
             raise ConfigError("experts_impl", f"must be 'grouped' or 'loop', got {self.experts_impl!r}")
 

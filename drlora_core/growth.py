@@ -14,6 +14,7 @@ import torch
 from drlora_core.bank import LoraBank, init_a_
 from drlora_core.config import ConfigError, LoraConfig
 from drlora_core.schedule import growth_start, growth_steps
+from drlora_core.slice_adamw import SLICE_STEP
 
 
 @dataclass(frozen=True)
@@ -26,27 +27,43 @@ class Plan:
     def events_left(self, after_step: int) -> int:
         return sum(1 for s in self.steps if s > after_step)
 
+    def cap_at(self, step: int, r_max: int) -> int:
+        """The per-expert cap of the event at `step`: lifted at the last event, so that every layer can spend what
+        is left of its budget (the experts with room may be fewer than the quota needs at `cap` each)."""
+        return r_max if step == self.steps[-1] else self.cap
+
 
 def plan_growth(config: LoraConfig, total_steps: int, warmup_steps: int) -> Plan:
-    """Events at start, start + T, ... <= total - T, with start = end of warmup; refuses a plan that cannot
-    reach the budget."""
+    """Events at start, start + T, ... <= min(total - T, growth_end_ratio * total), with start = end of warmup;
+    refuses a plan that cannot reach the budget. `static` with a saliency profile has one event, at start."""
     r_init, r_target, r_max = config.ranks
+    start = max(warmup_steps, 1)
+    if config.method == "static" and config.static_profile == "saliency":
+        return Plan((start,), r_max) if start < total_steps else _too_short(total_steps, start)
     if config.method != "dr_lora" or r_target == r_init:
         return Plan((), 0)
     start = growth_start(warmup_steps)
-    steps = growth_steps(total_steps, warmup_steps, config.interval)
+    window_end = math.floor(config.growth_end_ratio * total_steps)
+    steps = tuple(s for s in growth_steps(total_steps, warmup_steps, config.interval) if s <= window_end)
     cap = max(1, math.ceil(config.grow_frac * (r_max - r_init)))
     per_expert = r_target - r_init
     if len(steps) * cap < per_expert:
         needed = math.ceil(per_expert / cap)
+        window = f" within growth_end_ratio={config.growth_end_ratio}" if config.growth_end_ratio < 1.0 else ""
         raise ConfigError(
             "growth_interval",
-            f"{total_steps} steps with growth every {config.growth_interval} (from step {start}) give "
+            f"{total_steps} steps with growth every {config.growth_interval} (from step {start}){window} give "
             f"{len(steps)} growth events, but reaching r_target={config.r_target} from r_init={config.r_init} "
             f"at most {cap} slices per expert per event needs at least {needed}; lower growth_interval (to at most "
-            f"{max(1, (total_steps - start) // (needed + 1))}), train more steps, or raise grow_frac",
+            f"{max(1, (min(total_steps, window_end) - start) // (needed + 1))}), train more steps, "
+            "or raise grow_frac",
         )
     return Plan(steps, cap)
+
+
+def _too_short(total_steps: int, start: int) -> Plan:
+    raise ConfigError("warmup_ratio", f"static_profile 'saliency' sets the ranks when warmup ends (step {start}), "
+                                      f"but the run has {total_steps} steps; train longer or shorten the warmup")
 
 
 def event_quota(ranks: list[int], r_target: int, events_left: int) -> int:
@@ -86,8 +103,9 @@ def grow(bank: LoraBank, new_ranks: list[int], optimizer: torch.optim.Optimizer 
 def _zero_moments(optimizer: torch.optim.Optimizer | None, param: torch.Tensor, index: tuple) -> None:  # type: ignore[type-arg]
     if optimizer is None:
         return
-    for value in optimizer.state.get(param, {}).values():
-        if isinstance(value, torch.Tensor) and value.shape == param.shape:
+    for name, value in optimizer.state.get(param, {}).items():
+        # the moments, and with per-slice steps (slice_adamw.py) the slice's age, broadcast over the other dims
+        if isinstance(value, torch.Tensor) and (value.shape == param.shape or name == SLICE_STEP):
             value[index] = 0.0
 
 

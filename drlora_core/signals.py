@@ -3,7 +3,8 @@
 - routing frequency f[l, e]: EMA of each expert's share of its layer's routed tokens per optimizer step;
 - slice importance imp[l][p, e, j] = EMA of |sum(A[j,:] * dA[j,:])| + |sum(B[:,j] * dB[:,j])| (a sum, not a
   product: B starts at zero), and expert importance g[l, e] = mean over active slices, averaged over projections;
-- saliency S = (f_hat + eps) * (g_hat + eps) / (r + 1) ** gamma with f_hat, g_hat normalised within the layer.
+- saliency S = (f_hat + eps) * (g_hat + eps) / (r + 1) ** gamma with f_hat, g_hat normalised within the layer
+  (`LoraConfig.saliency_signal` swaps the demand term: f or g alone, or our per-token variant g / f).
 All updates run on the device without host syncs; only a growth event reads them back.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from drlora_core.bank import LoraBank
+from drlora_core.config import SaliencySignal
 
 EPS = 1e-6
 
@@ -71,10 +73,20 @@ def slice_scores(bank: LoraBank) -> torch.Tensor:
     return torch.stack(scores)
 
 
-def saliency(frequency: list[float], importance: list[float], ranks: list[int], gamma: float) -> list[float]:
-    f_hat = _normalise(frequency)
-    g_hat = _normalise(importance)
-    return [(f + EPS) * (g + EPS) / (r + 1) ** gamma for f, g, r in zip(f_hat, g_hat, ranks, strict=True)]
+def saliency(frequency: list[float], importance: list[float], ranks: list[int], gamma: float,
+             signal: SaliencySignal = "f_g") -> list[float]:
+    """S = demand / (r + 1) ** gamma; demand is the paper's (f_hat + eps) * (g_hat + eps) for "f_g", one normalised
+    factor for "f" or "g", and for "g_per_token" (our variant) g / f normalised: slice importance sums gradients
+    over the tokens an expert receives, so dividing by its routing share leaves the demand per routed token."""
+    f_hat, g_hat = _normalise(frequency), _normalise(importance)
+    demand = {
+        "f_g": lambda: [(f + EPS) * (g + EPS) for f, g in zip(f_hat, g_hat, strict=True)],
+        "f": lambda: [f + EPS for f in f_hat],
+        "g": lambda: [g + EPS for g in g_hat],
+        "g_per_token": lambda: [v + EPS for v in _normalise(
+            [g / f if f > 0 else 0.0 for f, g in zip(f_hat, g_hat, strict=True)])],
+    }[signal]()
+    return [d / (r + 1) ** gamma for d, r in zip(demand, ranks, strict=True)]
 
 
 def _normalise(values: list[float]) -> list[float]:

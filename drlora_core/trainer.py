@@ -34,10 +34,12 @@ from drlora_core.device import Batch
 from drlora_core.device import autocast as _autocast
 from drlora_core.device import to_device as _to_device
 from drlora_core.export import export_run_adapter
-from drlora_core.growth import Plan, allocate, event_quota, grow, plan_growth
+from drlora_core.growth import Plan, allocate, event_quota, grow, plan_growth, proportional_ranks
 from drlora_core.loss import token_loss
 from drlora_core.profile import STATIC_PROFILE_BATCHES, profile_batches, routing_counts, static_ranks
+from drlora_core.router_balance import balance_loss, model_coefficient
 from drlora_core.signals import Signals, saliency
+from drlora_core.slice_adamw import SliceAdamW
 
 
 @dataclass
@@ -89,13 +91,14 @@ def train(model: nn.Module, adapter: Adapter, stream: BatchStream, val_batches: 
     banks = adapter.banks
     signals = Signals.zeros(banks, device)
     routers = _router_params(adapter) if t.train_router else []
-    optimizer = adamw([{"params": list(adapter.lora.parameters())}, {"params": routers}], t.resolved_lr, t.weight_decay,
-                      device)
+    lora_params = list(adapter.lora.parameters())
+    optimizer = _optimizer(adapter, routers, config, device)
+    balance_coef = model_coefficient(model, t.router_aux_loss_coef)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total))
     state = _State()
     if resume is not None:
         _restore(resume, adapter, routers, signals, optimizer, scheduler, state)
-    elif lora.method == "static":
+    elif lora.method == "static" and lora.static_profile == "frequency":
         _set_static_ranks(model, adapter, stream, config, device, dtype)
     _set_router_trainable(routers, state.step >= warmup)
     events.on_start(total, adapter.ranks(), state.step)
@@ -108,15 +111,17 @@ def train(model: nn.Module, adapter: Adapter, stream: BatchStream, val_batches: 
         label_counts = [_label_count(b) for b in batches]
         label_tokens = sum(label_counts)
         loss_sum = torch.zeros((), device=device)
+        balancing = bool(routers) and state.step >= warmup and balance_coef > 0
         for batch, count in zip(batches, label_counts, strict=True):
             batch = _to_device(batch, device)
-            with adapter.routing.training_forward(batch["attention_mask"]), _autocast(device, dtype):
+            with adapter.routing.training_forward(batch["attention_mask"]), _autocast(device, dtype), \
+                    balance_loss(model, balancing) as aux:
                 loss = token_loss(model, batch, "sum", count) / max(label_tokens, 1)
-            loss.backward()
+            (loss + balance_coef * sum(aux, torch.zeros((), device=device)) / t.grad_accum).backward()
             loss_sum += loss.detach()
-        if lora.method == "dr_lora":
+        if plan.steps or lora.method == "dr_lora":
             signals.update_importance(banks, lora.beta_g)
-        grad_norm = torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"] + routers, t.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(lora_params + routers, t.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -172,7 +177,7 @@ def expert_stats(adapter: Adapter, signals: Signals, step: int, config: RunConfi
         f = signals.frequency[layer, :n].tolist()
         total = sum(f)
         frequency.append([v / total if total > 0 else 0.0 for v in f])
-        sal.append(saliency(f, importance[layer], bank.rank_list, config.lora.gamma))
+        sal.append(saliency(f, importance[layer], bank.rank_list, config.lora.gamma, config.lora.saliency_signal))
     return ExpertStats(step, frequency, importance, sal, adapter.ranks())
 
 
@@ -181,10 +186,14 @@ def _growth_event(adapter: Adapter, signals: Signals, plan: Plan, step: int, opt
     stats = expert_stats(adapter, signals, step, config)
     events_left = plan.events_left(step - 1)
     grown: list[GrowthEvent] = []
+    r_init, r_target, r_max = config.lora.ranks
     for layer, bank in enumerate(adapter.banks):
         old = list(bank.rank_list)
-        quota = event_quota(old, config.lora.ranks[1], events_left)
-        new = allocate(stats.saliency[layer], old, quota, plan.cap, config.lora.ranks[2])
+        if config.lora.method == "static":  # static_profile "saliency": the whole budget at once, by f*g
+            new = proportional_ranks(stats.saliency[layer], len(old) * r_target, r_init, r_max)
+        else:
+            quota = event_quota(old, r_target, events_left)
+            new = allocate(stats.saliency[layer], old, quota, plan.cap_at(step, r_max), r_max)
         grow(bank, new, optimizer)
         grown.extend(GrowthEvent(step, layer, e, old[e], new[e], stats.saliency[layer][e],
                                  stats.frequency[layer][e], stats.importance[layer][e])
@@ -202,6 +211,22 @@ def _set_static_ranks(model: nn.Module, adapter: Adapter, stream: BatchStream, c
     experts = [bank.num_experts for bank in adapter.banks]
     for bank, ranks in zip(adapter.banks, static_ranks(counts, experts, config.lora), strict=True):
         bank.set_ranks(ranks)
+
+
+def _optimizer(adapter: Adapter, routers: list[nn.Parameter], config: RunConfig,
+               device: torch.device) -> torch.optim.Optimizer:
+    """Fused AdamW over the banks and routers, or with `per_slice_adam_steps` `SliceAdamW`, whose bias correction
+    counts each rank slice's own steps (A's slices along dim 1, B's along dim 2)."""
+    t = config.train
+    if not config.lora.per_slice_adam_steps:
+        return adamw([{"params": list(adapter.lora.parameters())}, {"params": routers}], t.resolved_lr,
+                     t.weight_decay, device)
+    a_params = [bank.lora_A[n] for bank in adapter.banks for n in bank.projection_names]
+    b_params = [bank.lora_B[n] for bank in adapter.banks for n in bank.projection_names]
+    sliced = {id(p) for p in a_params + b_params}
+    others = [p for p in adapter.lora.parameters() if id(p) not in sliced]
+    return SliceAdamW([{"params": a_params, "slice_dim": 1}, {"params": b_params, "slice_dim": 2},
+                       {"params": others + routers}], t.resolved_lr, t.weight_decay)
 
 
 def _router_params(adapter: Adapter) -> list[nn.Parameter]:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic_core import CoreSchema, core_schema
 
-from drlora_core.config import AUTO, Dtype, RunConfig
+from drlora_core.config import AUTO, Dtype, RunConfig, SaliencySignal, StaticProfile
 
 DEFAULT = RunConfig()
 LORA, TRAIN = DEFAULT.lora, DEFAULT.train
@@ -74,7 +74,11 @@ class TrainingHyperparameters(BaseModel):
     weight_decay: float = Field(TRAIN.weight_decay, ge=0, le=1)
     warmup_ratio: float = Field(TRAIN.warmup_ratio, ge=0, lt=1)
     max_seq_len: int = Field(TRAIN.max_seq_len, ge=8, le=131_072)
-    train_router: bool = TRAIN.train_router
+    train_router: bool = Field(TRAIN.train_router, description="train the router after warmup, with the model's own "
+                                                                "load-balancing loss")
+    router_aux_loss_coef: float | None = Field(TRAIN.router_aux_loss_coef, ge=0, le=1,
+                                               description="with train_router: the balance loss weight; default "
+                                                           "the model's router_aux_loss_coef")
     dropout: float = Field(LORA.dropout, ge=0, lt=1)
     alpha: float | None = Field(LORA.alpha, gt=0, description="LoRA alpha; default 2 * r_max")
     checkpoint_every: int | None = Field(None, ge=0, description="steps between checkpoints; 0 = only at the end; "
@@ -94,6 +98,13 @@ class DrLoraHyperparameters(TrainingHyperparameters):
     beta_f: float = Field(LORA.beta_f, ge=0, lt=1)
     beta_g: float = Field(LORA.beta_g, ge=0, lt=1)
     gamma: float = Field(LORA.gamma, ge=0, le=10)
+    growth_end_ratio: float = Field(LORA.growth_end_ratio, gt=0, le=1,
+                                    description="the last growth event at or before this share of the steps")
+    saliency_signal: SaliencySignal = Field(LORA.saliency_signal,
+                                            description="f_g: the paper's; f or g alone; g_per_token: our variant, "
+                                                        "importance per routed token")
+    per_slice_adam_steps: bool = Field(LORA.per_slice_adam_steps,
+                                       description="AdamW bias correction keyed on each rank slice's own age")
 
 
 class StaticHyperparameters(TrainingHyperparameters):
@@ -101,6 +112,9 @@ class StaticHyperparameters(TrainingHyperparameters):
     r_target: Rank = Field(LORA.r_target)
     r_max: Rank = Field(LORA.r_max, description="reserved rank; a multiple of the kernels' RANK_MULTIPLE")
     beta_f: float = Field(LORA.beta_f, ge=0, lt=1)
+    static_profile: StaticProfile = Field(LORA.static_profile,
+                                          description="frequency: routing counts before training; saliency: f*g "
+                                                      "over the warmup steps")
 
 
 class LoraHyperparameters(TrainingHyperparameters):

@@ -72,7 +72,10 @@ def test_drlora_train_help_openapi_and_runconfig_agree(client: TestClient) -> No
     engine = {"method": lora.method, "r-init": lora.r_init, "r-target": lora.r_target, "r-max": lora.r_max,
               "growth-interval": lora.growth_interval, "epochs": train.epochs, "batch-size": train.batch_size,
               "lr": train.lr, "max-steps": train.max_steps, "max-seq-len": train.max_seq_len,
-              "dtype": train.dtype, "gradient-checkpointing": train.gradient_checkpointing}
+              "dtype": train.dtype, "gradient-checkpointing": train.gradient_checkpointing,
+              "growth-end-ratio": lora.growth_end_ratio, "saliency-signal": lora.saliency_signal,
+              "per-slice-adam-steps": lora.per_slice_adam_steps, "static-profile": lora.static_profile,
+              "train-router": train.train_router, "router-aux-loss-coef": train.router_aux_loss_coef}
     cli = _help_defaults()
     assert {flag: cli.get(flag) for flag in engine} == {flag: str(value) for flag, value in engine.items()}
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
@@ -83,7 +86,9 @@ def test_drlora_train_help_openapi_and_runconfig_agree(client: TestClient) -> No
               "dtype": train.dtype, "gradient_checkpointing": train.gradient_checkpointing,
               "grow_frac": lora.grow_frac, "beta_f": lora.beta_f, "beta_g": lora.beta_g, "gamma": lora.gamma,
               "dropout": lora.dropout, "warmup_ratio": train.warmup_ratio, "weight_decay": train.weight_decay,
-              "grad_accum": train.grad_accum, "eval_every": train.eval_every, "train_router": train.train_router}
+              "grad_accum": train.grad_accum, "eval_every": train.eval_every, "train_router": train.train_router,
+              "router_aux_loss_coef": train.router_aux_loss_coef, "growth_end_ratio": lora.growth_end_ratio,
+              "saliency_signal": lora.saliency_signal, "per_slice_adam_steps": lora.per_slice_adam_steps}
     assert {name: api[name] for name in as_api} == as_api
 
 
