@@ -20,7 +20,7 @@ def job_public(job: Job) -> JobPublic:
         method={"type": job.method, job.method: {"hyperparameters": job.hyperparameters}}, seed=job.seed,
         trained_tokens=job.trained_tokens, error=JobError(**job.error) if job.error else None, result_files=[],
         estimated_finish=_int(job.estimated_finish), metadata=job.meta,
-        progress=JobProgress(step=job.step, total_steps=job.total_steps),
+        progress=JobProgress(step=job.step, total_steps=job.total_steps), estimate=job.estimate,
     )
 
 

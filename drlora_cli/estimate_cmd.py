@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from typing import Any
 
-from drlora_cli.train_cmd import add_run_flags
+from drlora_cli.train_cmd import add_run_flags, run_config
 
 
 def register(subparsers: Any) -> None:
@@ -30,9 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from drlora_core.config import ConfigError
     from drlora_core.estimate import device_kind, estimate, format_table, report, run_shape
     from drlora_core.model_facts import ModelFactsError, read_model_facts
-    from drlora_cli.train_cmd import run_config
 
-    device = device_kind("cuda" if args.device == "auto" and shutil.which("nvidia-smi") else args.device)
+    device = device_kind(args.device)
     train_file = args.train or (demo_train_file() if args.model == DEMO_MODEL_ID else None)
     try:
         facts = read_model_facts(resolve_model_dir(args.model))

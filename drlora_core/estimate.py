@@ -18,6 +18,7 @@ Validated against measured peaks (docs/benchmarks.md): CPU RSS of `drlora train`
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 
 from drlora_core.config import RunConfig
@@ -68,7 +69,10 @@ def run_shape(config: RunConfig, device: str) -> RunShape:
 
 
 def device_kind(device: str) -> str:
-    """cpu or cuda, from a device string (cpu, cuda, cuda:N)."""
+    """cpu or cuda, from a device setting (auto, cpu, cuda, cuda:N); auto guesses cuda when nvidia-smi is on PATH,
+    as no torch is loaded here to ask."""
+    if device == "auto":
+        return "cuda" if shutil.which("nvidia-smi") else "cpu"
     return "cuda" if device.startswith("cuda") else "cpu"
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from drlora_core.autoconfig import RunFacts, parameter_count, resolve
+from drlora_core.autoconfig import RunFacts, known_model_facts, resolve
 from drlora_core.config import ConfigError, LoraConfig, Method, RunConfig, TrainConfig
 from service.errors import InvalidRequest, Unprocessable
 
@@ -39,7 +39,7 @@ def build_run_config(method: Method, hyperparameters: dict[str, Any], seed: int,
     except ConfigError as e:
         raise Unprocessable(_message(method, e), param=_param(method, e.param), code="invalid_value") from None
     try:
-        return resolve(requested, RunFacts(parameter_count(model_dir), examples))
+        return resolve(requested, RunFacts.of(known_model_facts(model_dir), examples))
     except ConfigError as e:
         raise InvalidRequest(_message(method, e), param=_param(method, e.param), code="invalid_value") from None
 

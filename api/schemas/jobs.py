@@ -64,6 +64,8 @@ class JobCreate(_Strict):
         None, max_length=16
     )
     method: Method | None = None
+    dry_run: bool = Field(False, description="drlora extension: answer the pre-flight estimate (memory by part, "
+                                             "FLOPs per token, which workers hold it) without creating the job")
 
 
 class JobError(BaseModel):
@@ -96,6 +98,20 @@ class JobPublic(BaseModel):
     estimated_finish: int | None
     metadata: dict[str, str] | None
     progress: JobProgress
+    estimate: dict[str, Any] | None = Field(None, description="drlora extension: the pre-flight estimate made at "
+                                                              "create (peak_bytes, device_bytes, parts, "
+                                                              "flops_per_token); null for a model it cannot read")
+
+
+class JobEstimate(BaseModel):
+    """A dry-run create: `drlora estimate --json`'s object plus the resolved hyperparameters and the workers."""
+
+    model_config = ConfigDict(extra="allow")
+    object: Literal["fine_tuning.job.estimate"] = "fine_tuning.job.estimate"
+    hyperparameters: dict[str, Any]
+    workers: list[dict[str, Any]]
+    fits: bool | None
+    advice: list[str]
 
 
 class JobsPublic(BaseModel):
