@@ -14,7 +14,8 @@ it before training, so both doors resolve alike. The rules:
   25,000 (at least 1 epoch).
 - growth interval: the paper's number of growth events (3,750 steps, T = 200, 3% warmup: 18 events) over this run's
   steps after warmup, at least 1 step apart.
-- gradient checkpointing: off (until the memory estimate decides it).
+- gradient checkpointing: off (the service's pre-flight, service/preflight.py, turns an "auto" on when only that
+  makes the job fit a worker).
 An unknown model size counts as a real model. The parameter count is `model_facts`' (the estimator's).
 """
 
