@@ -13,7 +13,11 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from drlora_core.autoconfig import known_model_facts
+from drlora_core.config import RunConfig
+from drlora_core.estimate import GIB, estimate, run_shape
 from service.ids import now
+from service.preflight import HEADROOM
 from service.tables import Worker
 
 log = logging.getLogger("drlora.worker")
@@ -94,3 +98,15 @@ class Reporter:
                 session.commit()
         except Exception as e:  # the thread must live on: the next tick tries again
             log.warning("could not report this worker's memory: %s", e)
+
+
+def estimate_here(model_dir: Path, config: RunConfig, memory: DeviceMemory) -> str | None:
+    """One line for the worker's log before it loads a job's model: the estimate on this device against its memory
+    (the same `run_shape` as the API's pre-flight); None for a model the estimator cannot read."""
+    facts = known_model_facts(model_dir)
+    if facts is None:
+        return None
+    peak = estimate(facts, run_shape(config, memory.kind)).peak_bytes
+    verdict = "fits" if peak <= HEADROOM * memory.total_bytes else "may NOT fit"
+    return (f"estimated peak {peak / GIB:.2f} GiB on {memory.device} ({memory.total_bytes / GIB:.1f} GiB total, "
+            f"{memory.free_bytes / GIB:.1f} GiB free): {verdict}")

@@ -29,7 +29,7 @@ from service.settings import Settings
 from service.tables import Job, JobEvent, Worker
 from tests.support.service import fresh_pg_database, make_settings
 from worker.alive import start_touching
-from worker.capacity import Reporter, host_memory
+from worker.capacity import DeviceMemory, Reporter, estimate_here, host_memory
 
 pytestmark = pytest.mark.timeout(180)
 DEMO = "drlora-demo-moe"
@@ -258,3 +258,17 @@ def test_the_stored_config_carries_checkpointing_to_the_worker(
         assert s.get_one(Job, job_id).status == "succeeded"
         messages = [e.message for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id))]
     assert any("succeeded" in m for m in messages)
+
+
+def test_the_worker_logs_the_estimate_on_its_own_device(tmp_path: Path) -> None:
+    from drlora_core.autoconfig import RunFacts, known_model_facts, resolve
+    from drlora_core.config import LoraConfig, TrainConfig
+
+    requested = RunConfig(LoraConfig(r_init=2, r_target=4, r_max=8), TrainConfig(batch_size=4, max_seq_len=64))
+    config = resolve(requested, RunFacts.of(known_model_facts(demo_model_dir()), examples=100))
+    roomy = estimate_here(demo_model_dir(), config, DeviceMemory("big", "cpu", 64 * 2**30, 60 * 2**30))
+    tight = estimate_here(demo_model_dir(), config, DeviceMemory("small", "cpu", 2**20, 2**20))
+    assert roomy is not None and roomy.endswith(": fits") and "on big (64.0 GiB total" in roomy
+    assert tight is not None and tight.endswith("may NOT fit")
+    (tmp_path / "config.json").write_text("{}")
+    assert estimate_here(tmp_path, config, DeviceMemory("big", "cpu", 2**40, 2**40)) is None
