@@ -23,7 +23,7 @@ def job_public(job: Job, organization: str) -> JobPublic:
         result_files=list(job.result_files or []), estimated_finish=_int(job.estimated_finish), metadata=job.meta,
         organization_id=organization,
         integrations=None if job.integrations is None else [Integration(**i) for i in job.integrations],
-        progress=JobProgress(step=job.step, total_steps=job.total_steps),
+        progress=JobProgress(step=job.step, total_steps=job.total_steps), estimate=job.estimate,
         pending_action=job.requested_action if job.status == JobStatus.running else None,
     )
 

@@ -22,12 +22,22 @@ DEFAULT = RunConfig()
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="fine-tune a local MoE model (or the bundled demo) with DR-LoRA",
                               description="Train per-expert LoRA with dynamic ranks and write a PEFT adapter.")
+    add_run_flags(p)
+    p.add_argument("--out", type=Path, required=True, help="output directory (checkpoints/, adapter/)")
+    p.add_argument("--merged", action="store_true", help="also write --out/merged: the base model with the "
+                                                         "adapter merged into its weights")
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+    p.set_defaults(handler=run)
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The model, data and RunConfig flags of `drlora train`, shared with `drlora estimate` (one set of defaults:
+    RunConfig's)."""
     p.add_argument("--model", default="drlora-demo-moe",
                    help="local Hugging Face model directory, or drlora-demo-moe (default)")
     p.add_argument("--train", type=Path, help="training JSONL (chat, prompt/completion or text); "
                                               "default: the demo dataset when --model is the demo")
     p.add_argument("--val", type=Path, help="validation JSONL (default: the demo validation set with the demo)")
-    p.add_argument("--out", type=Path, required=True, help="output directory (checkpoints/, adapter/)")
     lora, train = DEFAULT.lora, DEFAULT.train
     p.add_argument("--method", choices=METHODS, default=lora.method, help="(default: %(default)s)")
     steps = p.add_mutually_exclusive_group()
@@ -72,10 +82,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--gradient-checkpointing", type=_bool_or_auto, nargs="?", const=True,
                    default=train.gradient_checkpointing,
                    help="activation checkpointing: true (the bare flag), false or auto (default: %(default)s)")
-    p.add_argument("--merged", action="store_true", help="also write --out/merged: the base model with the "
-                                                         "adapter merged into its weights")
-    p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,11 +124,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_config(args: argparse.Namespace, train_file: Path) -> RunConfig:
-    """The flags as a RunConfig, its "auto" values resolved from the model and the training file."""
+def run_config(args: argparse.Namespace, train_file: Path | None) -> RunConfig:
+    """The flags as a RunConfig, its "auto" values resolved from the model and the training file (without one, as
+    `drlora estimate` may run, a batch size must be given: "auto" is a share of the examples)."""
     from drlora_core.assets import resolve_model_dir
-    from drlora_core.autoconfig import RunFacts, parameter_count, resolve
-    from drlora_core.config import LoraConfig, TrainConfig
+    from drlora_core.autoconfig import RunFacts, known_model_facts, resolve
+    from drlora_core.config import ConfigError, LoraConfig, TrainConfig
 
     requested = RunConfig(
         LoraConfig(method=args.method, r_init=args.r_init, r_target=args.r_target, r_max=args.r_max,
@@ -134,9 +141,13 @@ def run_config(args: argparse.Namespace, train_file: Path) -> RunConfig:
                     checkpoint_every=args.checkpoint_every, gradient_checkpointing=args.gradient_checkpointing,
                     train_router=args.train_router, router_aux_loss_coef=args.router_aux_loss_coef),
     )
-    with open(train_file, "rb") as f:
-        examples = sum(1 for line in f if line.strip())
-    return resolve(requested, RunFacts(parameter_count(resolve_model_dir(args.model)), examples))
+    if train_file is None and args.batch_size == AUTO:
+        raise ConfigError("batch_size", "auto is ~0.2% of the training examples: give --train FILE or --batch-size N")
+    examples = 1
+    if train_file is not None:
+        with open(train_file, "rb") as f:
+            examples = sum(1 for line in f if line.strip())
+    return resolve(requested, RunFacts.of(known_model_facts(resolve_model_dir(args.model)), examples))
 
 
 def _shown(config: RunConfig) -> dict[str, Any]:

@@ -14,19 +14,20 @@ it before training, so both doors resolve alike. The rules:
   25,000 (at least 1 epoch).
 - growth interval: the paper's number of growth events (3,750 steps, T = 200, 3% warmup: 18 events) over this run's
   steps after warmup (up to the growth window's end when `growth_end_ratio` < 1), at least 1 step apart.
-- gradient checkpointing: off (until the memory estimate decides it).
-An unknown model size counts as a real model.
+- gradient checkpointing: off (the service's pre-flight, service/preflight.py, turns an "auto" on when only that
+  makes the job fit a worker).
+An unknown model size counts as a real model. The parameter count is `model_facts`' (the estimator's).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from drlora_core.config import AUTO, LoraConfig, RunConfig, TrainConfig, aligned_rank
+from drlora_core.model_facts import ModelFacts, ModelFactsError, read_model_facts
 
 TINY_MODEL_PARAMETERS = 50_000_000
 LARGE_MODEL_PARAMETERS = 1_000_000_000
@@ -48,6 +49,19 @@ class RunFacts:
 
     parameters: int | None
     examples: int
+
+    @classmethod
+    def of(cls, facts: ModelFacts | None, examples: int) -> RunFacts:
+        return cls(facts.total_params if facts is not None else None, examples)
+
+
+def known_model_facts(model_dir: Path) -> ModelFacts | None:
+    """The model's facts from its config.json (`drlora_core.model_facts`); None for a family it does not know, whose
+    size then counts as a real model's."""
+    try:
+        return read_model_facts(model_dir)
+    except ModelFactsError:
+        return None
 
 
 def resolve(config: RunConfig, facts: RunFacts) -> RunConfig:
@@ -85,26 +99,6 @@ def growth_interval(total_steps: int, warmup_ratio: float, growth_end_ratio: flo
     start = max(math.ceil(warmup_ratio * total_steps), 1)
     end = min(total_steps, math.floor(growth_end_ratio * total_steps))
     return max(1, (end - start) // PAPER_GROWTH_EVENTS)
-
-
-def parameter_count(model_dir: Path) -> int | None:
-    """The parameter count of a Hugging Face MoE model, estimated from its config.json; None when it says too little.
-
-    TODO(lead): use model_facts
-    """
-    try:
-        c = json.loads((model_dir / "config.json").read_text())
-        hidden, layers, vocab = int(c["hidden_size"]), int(c["num_hidden_layers"]), int(c["vocab_size"])
-        experts = int(c.get("num_local_experts") or c.get("num_experts") or c["n_routed_experts"])
-        expert_width = int(c.get("moe_intermediate_size") or c["intermediate_size"])
-        heads, kv_heads = int(c["num_attention_heads"]), int(c.get("num_key_value_heads") or c["num_attention_heads"])
-        head_dim = int(c.get("head_dim") or hidden // heads)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    attention = hidden * head_dim * (2 * heads + 2 * kv_heads)
-    moe = experts * 3 * hidden * expert_width + hidden * experts
-    embeddings = vocab * hidden * (1 if c.get("tie_word_embeddings") else 2)
-    return embeddings + layers * (attention + moe)
 
 
 def _resolve_ranks(lora: LoraConfig, parameters: int | None) -> LoraConfig:

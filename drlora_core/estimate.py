@@ -18,8 +18,10 @@ Validated against measured peaks (docs/benchmarks.md): CPU RSS of `drlora train`
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 
+from drlora_core.config import RunConfig
 from drlora_core.model_facts import ModelFacts
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2}
@@ -52,6 +54,26 @@ class RunShape:
     @property
     def tokens(self) -> int:
         return self.batch_size * self.seq_len
+
+
+def run_shape(config: RunConfig, device: str) -> RunShape:
+    """The shape of a resolved run on a `device` ("cpu" or "cuda"): the one mapping from RunConfig to RunShape that
+    `drlora estimate`, the API and the worker share. dtype "auto" is bf16 on CUDA and fp32 on a CPU (as the engine's
+    `resolve_dtype`); a `gradient_checkpointing` still "auto" counts as off (what `autoconfig` resolves it to
+    unless the service's pre-flight turns it on)."""
+    train = config.train
+    dtype = train.dtype if train.dtype != "auto" else ("bf16" if device == "cuda" else "fp32")
+    return RunShape(batch_size=train.resolved_batch_size, seq_len=train.max_seq_len, r_max=config.lora.ranks[2],
+                    dtype=dtype, gradient_checkpointing=train.gradient_checkpointing is True, device=device,
+                    train_router=train.train_router, lora_dropout=config.lora.dropout)
+
+
+def device_kind(device: str) -> str:
+    """cpu or cuda, from a device setting (auto, cpu, cuda, cuda:N); auto guesses cuda when nvidia-smi is on PATH,
+    as no torch is loaded here to ask."""
+    if device == "auto":
+        return "cuda" if shutil.which("nvidia-smi") else "cpu"
+    return "cuda" if device.startswith("cuda") else "cpu"
 
 
 @dataclass(frozen=True)
@@ -139,6 +161,12 @@ def flops_per_token(facts: ModelFacts, shape: RunShape) -> dict[str, int]:
     recompute = forward if shape.gradient_checkpointing else 0
     return {"forward": forward, "backward": backward, "recompute": recompute,
             "step": forward + backward + recompute}
+
+
+def report(facts: ModelFacts, shape: RunShape, est: Estimate) -> dict[str, object]:
+    """The estimate as `drlora estimate --json` prints it and the API's dry run answers it."""
+    return {**est.to_dict(), "model_type": facts.model_type, "total_params": facts.total_params,
+            "device": shape.device, "dtype": shape.dtype, "gradient_checkpointing": shape.gradient_checkpointing}
 
 
 def format_table(est: Estimate) -> str:

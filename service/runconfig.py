@@ -22,9 +22,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from drlora_core.autoconfig import RunFacts, learning_rate, parameter_count, resolve, total_steps
+from drlora_core.autoconfig import RunFacts, known_model_facts, learning_rate, resolve, total_steps
 from drlora_core.config import AUTO, RANK_MULTIPLE, ConfigError, LoraConfig, Method, RunConfig, TrainConfig
-from drlora_core.model_facts import ModelFacts, ModelFactsError, read_model_facts
+from drlora_core.model_facts import ModelFacts
 from drlora_core.schedule import growth_start, growth_steps, warmup_steps
 from service.errors import InvalidRequest, Unprocessable
 
@@ -42,7 +42,8 @@ def build_run_config(method: Method, hyperparameters: dict[str, Any], seed: int,
     """The resolved configuration of a job; raises Unprocessable / InvalidRequest naming the parameter, under
     `param_prefix` (default: the job body's `method.<method>.hyperparameters.`)."""
     prefix = f"method.{method}.hyperparameters." if param_prefix is None else param_prefix
-    parameters = parameter_count(model_dir)
+    facts = known_model_facts(model_dir)
+    parameters = facts.total_params if facts is not None else None
     lora: dict[str, Any] = {"method": method}
     train: dict[str, Any] = {"seed": seed, "lr": _learning_rate(method, hyperparameters, parameters)}
     for name, value in hyperparameters.items():
@@ -57,8 +58,8 @@ def build_run_config(method: Method, hyperparameters: dict[str, Any], seed: int,
     except ConfigError as e:
         raise Unprocessable(_message(prefix, e), param=_param(prefix, e.param), code="invalid_value") from None
     try:
-        config = resolve(requested, RunFacts(parameters, examples))
-        check_plan(config, _facts(model_dir), examples)
+        config = resolve(requested, RunFacts.of(facts, examples))
+        check_plan(config, facts, examples)
     except ConfigError as e:
         raise InvalidRequest(_message(prefix, e), param=_param(prefix, e.param), code="invalid_value") from None
     return config
@@ -91,11 +92,9 @@ def check_plan(config: RunConfig, facts: ModelFacts | None, examples: int) -> No
                                          f"most {facts.max_position_embeddings}")
 
 
-def _facts(model_dir: Path) -> ModelFacts | None:
-    try:
-        return read_model_facts(model_dir)
-    except ModelFactsError:
-        return None
+def _parameters(model_dir: Path) -> int | None:
+    facts = known_model_facts(model_dir)
+    return facts.total_params if facts is not None else None
 
 
 def _learning_rate(method: Method, hyperparameters: dict[str, Any], parameters: int | None) -> float | str:
@@ -114,7 +113,7 @@ def hyperparameters_view(config: RunConfig, names: Iterable[str], model_dir: Pat
     """The configuration's values under the API's names, for the job object."""
     values = {**config.to_dict()["lora"], **config.to_dict()["train"]}
     # rounded: 1.5 x auto / auto need not give back exactly 1.5 in binary floating point
-    values[MULTIPLIER] = float(f"{config.train.resolved_lr / learning_rate(parameter_count(model_dir)):.12g}")
+    values[MULTIPLIER] = float(f"{config.train.resolved_lr / learning_rate(_parameters(model_dir)):.12g}")
     return {name: values[RENAMES.get(name, name)] for name in names}
 
 

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     job_time_limit_s: float = 7 * 24 * 3600.0
     default_checkpoint_every: int = 50
     device: str = "auto"
+    # `create` checks a job's memory estimate against the workers that reported within this many seconds.
+    worker_seen_within_s: Annotated[float, Field(gt=0)] = 300.0
     task_queue: str = "drlora"
 
     # `/metrics` (Prometheus): off when disabled (404); with a token, scrapes must send `Authorization: Bearer TOKEN`.

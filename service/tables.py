@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -95,6 +95,7 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     integrations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # as requested; none runs yet
     result_files: Mapped[list[str] | None] = mapped_column(JSON)  # ids of files (purpose fine-tune-results)
+    estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the pre-flight estimate at create (service.preflight)
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
@@ -261,3 +262,17 @@ class Profile(Base):
     finished_at: Mapped[float | None] = mapped_column(Float)
     dispatched_at: Mapped[float | None] = mapped_column(Float)
     __table_args__ = (Index("ix_profiles_status", "status"),)
+
+
+class Worker(Base):
+    """A worker process's device and memory, upserted at start and every heartbeat interval (worker/alive.py);
+    `create` checks a job's estimate against the workers seen recently (service/preflight.py)."""
+
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid, as jobs' worker_id
+    device: Mapped[str] = mapped_column(String(200))  # the GPU's or CPU's name
+    kind: Mapped[str] = mapped_column(String(10))  # cpu | cuda
+    total_bytes: Mapped[int] = mapped_column(BigInteger)
+    free_bytes: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[float] = mapped_column(Float)
+    last_seen_at: Mapped[float] = mapped_column(Float, index=True)

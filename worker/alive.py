@@ -2,7 +2,9 @@
 
 Celery's `inspect ping` goes through the consumer loop, which the solo pool blocks for a whole job, so a training
 worker would look dead. Instead a daemon thread touches `<data_dir>/workers/<hostname>.alive` every few seconds for
-as long as the process lives; `drlora worker health` reads its age. Standard library only.
+as long as the process lives; `drlora worker health` reads its age. The same thread runs `on_tick` (the worker
+passes `worker.capacity.Reporter.report`, which upserts its `workers` row with its device and memory). Standard
+library only.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 TOUCH_INTERVAL_S = 10.0
@@ -21,8 +24,10 @@ def alive_path(data_dir: Path, host: str | None = None) -> Path:
     return data_dir / "workers" / f"{host or socket.gethostname()}.alive"
 
 
-def start_touching(path: Path, interval_s: float = TOUCH_INTERVAL_S) -> threading.Event:
-    """Touch `path` every `interval_s` in a daemon thread until the returned event is set."""
+def start_touching(path: Path, interval_s: float = TOUCH_INTERVAL_S,
+                   on_tick: Callable[[], None] | None = None) -> threading.Event:
+    """Touch `path` (then call `on_tick`) now and every `interval_s` in a daemon thread until the returned event
+    is set."""
     path.parent.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
 
@@ -32,6 +37,8 @@ def start_touching(path: Path, interval_s: float = TOUCH_INTERVAL_S) -> threadin
                 path.touch()
             except OSError as e:  # a full or vanished volume: the check will see the file age and say so
                 log.warning("could not touch %s: %s", path, e)
+            if on_tick is not None:
+                on_tick()
             stop.wait(interval_s)
 
     threading.Thread(target=touch_until_stopped, name="drlora-alive", daemon=True).start()

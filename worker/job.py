@@ -30,6 +30,7 @@ from service.settings import Settings
 from service.statuses import JobStatus, RequestedAction
 from service.storage import StorageError, verified_path
 from service.tables import Artifact, Checkpoint, File, Job, RegisteredModel
+from worker.capacity import estimate_here, probe
 from worker.lease import Claim, Heartbeat, claim
 from worker.recorder import Recorder, add_checkpoint
 from worker.retry import write_fenced
@@ -88,6 +89,8 @@ def _train_and_finish(owned: Claim, heartbeat: Heartbeat, factory: sessionmaker[
         job = session.get_one(Job, owned.job_id)
         inputs = _inputs(session, job, settings)
         config = RunConfig.from_dict(job.run_config or {}).on_device(settings.device)
+    if line := estimate_here(inputs.model_dir, config, probe(settings.device)):
+        log.info("job %s attempt %s: %s", owned.job_id, owned.attempt, line)
     out_dir = attempt_dir(settings.runs_root, owned.job_id, owned.attempt, inputs.resume_from)
     recorder = Recorder(factory, owned, heartbeat, runs_root=settings.runs_root, artifact_root=settings.artifact_root,
                         time_limit_s=settings.job_time_limit_s)

@@ -17,12 +17,13 @@ from api.deps import CeleryDep, CurrentTenant, SessionDep, SessionFactoryDep, Se
 from api.owned import get_owned_job
 from api.presenters import job_public
 from api.schemas.hyperparameters import DrLoraHyperparameters, TrainingHyperparameters
-from api.schemas.jobs import JobCreate, JobPublic, JobsPublic, SupervisedMethod
+from api.schemas.jobs import JobCreate, JobEstimate, JobPublic, JobsPublic, SupervisedMethod
 from drlora_core.config import Method
-from service import jobstate, quota
+from service import jobstate, preflight, quota
 from service.errors import InvalidRequest, Unprocessable
 from service.events import add_event
 from service.ids import new_id, now
+from service.preflight import Preflight
 from service.runconfig import build_run_config, hyperparameters_view
 from service.settings import Settings
 from service.statuses import JobStatus
@@ -73,7 +74,7 @@ def _requested_method(body: JobCreate) -> tuple[Method, TrainingHyperparameters]
     return body.method.type, getattr(body.method, body.method.type).hyperparameters
 
 
-def _new_job(session: Session, tenant: Tenant, body: JobCreate, settings: Settings) -> Job:
+def _new_job(session: Session, tenant: Tenant, body: JobCreate, settings: Settings) -> tuple[Job, Preflight]:
     model = session.get(RegisteredModel, body.model)
     if model is None:
         raise InvalidRequest(f"model {body.model!r} is not available; GET /v1/models lists the base models",
@@ -87,6 +88,8 @@ def _new_job(session: Session, tenant: Tenant, body: JobCreate, settings: Settin
         requested["checkpoint_every"] = settings.default_checkpoint_every
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     config = build_run_config(method, requested, seed, Path(model.path), training_file.lines)
+    plan = preflight.check(session, settings, Path(model.path), config, requested.get("gradient_checkpointing"))
+    config = plan.config
     integrations = [i.model_dump(mode="json") for i in body.integrations] if body.integrations is not None else None
     return Job(
         id=new_id("ftjob"), tenant_id=tenant.id, model=body.model, training_file=body.training_file,
@@ -94,19 +97,23 @@ def _new_job(session: Session, tenant: Tenant, body: JobCreate, settings: Settin
         hyperparameters=hyperparameters_view(config, requested, Path(model.path)), run_config=config.to_dict(),
         seed=seed, suffix=body.suffix, integrations=integrations, result_files=[],
         meta=body.metadata, status=JobStatus.queued, step=0, created_at=now(), attempt=0, lost_attempts=0,
-        max_attempts=settings.max_attempts,
-    )
+        max_attempts=settings.max_attempts, estimate=plan.estimate,
+    ), plan
 
 
-@router.post("", response_model=JobPublic)
+@router.post("", response_model=JobPublic | JobEstimate)
 def create_job(
     body: JobCreate, session: SessionDep, factory: SessionFactoryDep, tenant: CurrentTenant,
     settings: SettingsDep, celery: CeleryDep, idempotency_key: IdempotencyKey = None,
-) -> JobPublic:
+) -> JobPublic | JobEstimate:
+    if body.dry_run:  # validated and estimated like a create; nothing is written or queued
+        job, plan = _new_job(session, tenant, body, settings)
+        return JobEstimate(**plan.dry_run(job.hyperparameters))
     request_hash = _request_hash(body)
     if idempotency_key and (existing := _replay(session, tenant, idempotency_key, request_hash)):
         return job_public(existing, tenant.name)  # a replay is answered even when the quota is full
-    job = _new_job(session, tenant, body, settings)
+    job, plan = _new_job(session, tenant, body, settings)
+    plan.require_fit()
     if settings.max_active_jobs_per_tenant:
         quota.lock_tenant(session, tenant.id)  # held until the commit: parallel creates of this tenant queue here
         if idempotency_key and (existing := _replay(session, tenant, idempotency_key, request_hash)):
@@ -118,6 +125,8 @@ def create_job(
     job.idempotency_key, job.request_hash = idempotency_key, request_hash
     session.add(job)
     add_event(session, job.id, 0, f"Created fine-tuning job {job.id} ({job.method} on {job.model})")
+    if plan.note:
+        add_event(session, job.id, 0, plan.note, level="warn")
     try:
         session.commit()
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won

@@ -86,7 +86,8 @@ class TrainingHyperparameters(BaseModel):
     eval_every: int = Field(TRAIN.eval_every, ge=0)
     dtype: Dtype = Field(TRAIN.dtype, description="auto: bf16 on CUDA, fp32 on the CPU")
     gradient_checkpointing: bool | Auto = Field(TRAIN.gradient_checkpointing,
-                                                description="activation checkpointing; auto: off for now")
+                                                description="activation checkpointing; auto: on only when that makes the job "
+                                                            "fit a worker seen recently")
 
 
 class DrLoraHyperparameters(TrainingHyperparameters):

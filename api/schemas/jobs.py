@@ -92,6 +92,8 @@ class JobCreate(_Strict):
     hyperparameters: LoraHyperparameters | None = Field(
         None, description="OpenAI's legacy form: trained as `lora`; give it or `method`, not both")
     integrations: list[Integration] | None = Field(None, max_length=10)
+    dry_run: bool = Field(False, description="drlora extension: answer the pre-flight estimate (memory by part, "
+                                             "FLOPs per token, which workers hold it) without creating the job")
 
 
 class JobError(BaseModel):
@@ -128,6 +130,20 @@ class JobPublic(BaseModel):
     progress: JobProgress
     # Extension: a cancel or pause asked of a running job that its worker has not acted on yet.
     pending_action: Literal["cancel", "pause"] | None = None
+    estimate: dict[str, Any] | None = Field(None, description="drlora extension: the pre-flight estimate made at "
+                                                              "create (peak_bytes, device_bytes, parts, "
+                                                              "flops_per_token); null for a model it cannot read")
+
+
+class JobEstimate(BaseModel):
+    """A dry-run create: `drlora estimate --json`'s object plus the resolved hyperparameters and the workers."""
+
+    model_config = ConfigDict(extra="allow")
+    object: Literal["fine_tuning.job.estimate"] = "fine_tuning.job.estimate"
+    hyperparameters: dict[str, Any]
+    workers: list[dict[str, Any]]
+    fits: bool | None
+    advice: list[str]
 
 
 class JobsPublic(BaseModel):

@@ -12,8 +12,8 @@ from drlora_core.autoconfig import (
     PAPER_GROWTH_EVENTS,
     RunFacts,
     epochs_and_batch,
+    known_model_facts,
     learning_rate,
-    parameter_count,
     resolve,
 )
 from drlora_core.config import AUTO, RANK_MULTIPLE, ConfigError, LoraConfig, RunConfig, TrainConfig
@@ -100,9 +100,9 @@ def test_auto_at_the_papers_scale_gives_its_ranks_lr_and_number_of_growth_events
 def test_auto_on_the_demo_model_and_file_trains_a_tiny_model_sensibly() -> None:
     from drlora_core.assets import demo_model_dir
 
-    parameters = parameter_count(demo_model_dir())
-    assert parameters is not None and parameters < 10_000_000
-    config = resolve(RunConfig(), RunFacts(parameters, examples=2000))
+    facts = RunFacts.of(known_model_facts(demo_model_dir()), examples=2000)
+    assert facts.parameters is not None and facts.parameters < 10_000_000
+    config = resolve(RunConfig(), facts)
     assert config.lora.ranks == (2, 4, 8) and config.train.lr == 1e-3
     assert (config.train.epochs, config.train.batch_size) == (3, 4)
     total = 3 * 2000 // 4
@@ -112,15 +112,20 @@ def test_auto_on_the_demo_model_and_file_trains_a_tiny_model_sensibly() -> None:
     assert len(plan_growth(config.lora, total, math.ceil(0.03 * total)).steps) == PAPER_GROWTH_EVENTS
 
 
-def test_parameter_count_estimate_is_close_to_the_demo_weights() -> None:
+def test_auto_counts_the_demo_weights_as_model_facts_does() -> None:
     from safetensors import safe_open
 
     from drlora_core.assets import demo_model_dir
 
     with safe_open(str(demo_model_dir() / "model.safetensors"), "pt") as f:
         exact = sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())  # noqa: SIM118
-    estimate = parameter_count(demo_model_dir())
-    assert estimate is not None and abs(estimate - exact) / exact < 0.05
+    assert RunFacts.of(known_model_facts(demo_model_dir()), examples=1).parameters == exact
+
+
+def test_a_model_model_facts_cannot_read_counts_as_a_real_model(tmp_path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    assert known_model_facts(tmp_path) is None
+    assert resolve(RunConfig(), RunFacts.of(None, examples=100)).lora.ranks == (8, 16, 32)
 
 
 def test_auto_fills_around_given_values() -> None:

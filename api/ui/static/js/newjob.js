@@ -1,6 +1,7 @@
 // The new-job form: upload (or pick) a dataset, pick a model and method, edit hyperparameters (defaults from the
 // OpenAPI document), submit.
 import { api } from "./api.js";
+import { estimateBox } from "./estimate.js";
 import { el } from "./format.js";
 import { profileSection } from "./profile.js";
 import { methodFields } from "./schema.js";
@@ -28,6 +29,10 @@ export function newJob(root) {
         .filter((name) => chosen[name] !== undefined && chosen[name] !== null).map((name) => [name, chosen[name]]));
     },
   });
+  // The pre-flight estimate: a `dry_run` create, refreshed (debounced) whenever the form changes.
+  const estimateSection = el("section", { id: "estimate", class: "estimate", "aria-label": "pre-flight estimate" },
+    el("h2", { text: "Pre-flight estimate" }));
+  const updateEstimate = estimateBox(estimateSection);
 
   const form = el("form", { class: "card new-job", "aria-label": "new fine-tuning job" },
     el("h1", { text: "New fine-tuning job" }),
@@ -40,12 +45,7 @@ export function newJob(root) {
       el("label", { for: "method", text: "Method" }), method,
       el("label", { for: "suffix", text: "Suffix (optional)" }), suffix),
     hyper,
-    // Pre-flight estimate (issue 11): a `dry_run` create will answer memory and FLOPs before queueing; its result
-    // goes in this section, refreshed whenever the form changes.
-    el("section", { id: "estimate", class: "estimate", "aria-label": "pre-flight estimate" },
-      el("h2", { text: "Pre-flight estimate" }),
-      el("p", { class: "note", text: "Not available yet: the service does not offer a dry run of create." })),
-    profile.root, submit, alert);
+    estimateSection, profile.root, submit, alert);
   root.append(form);
 
   async function loadFiles(selected) {
@@ -102,6 +102,7 @@ export function newJob(root) {
       const uploaded = await api("/files", { method: "POST", form: data });
       uploadStatus.textContent = `${uploaded.filename} is valid: ${uploaded.id}, ${uploaded.bytes} bytes.`;
       await loadFiles(uploaded.id);
+      updateEstimate(createBody());
     } catch (err) {
       uploadStatus.className = "error";
       uploadStatus.textContent = `${file.name} was refused: ${err.message}`;
@@ -110,13 +111,21 @@ export function newJob(root) {
   method.addEventListener("change", showFields);
   trainingFile.addEventListener("change", profile.refresh);
   model.addEventListener("change", profile.refresh);
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    alert.textContent = "";
+
+  function createBody() {
     const body = { model: model.value, training_file: trainingFile.value,
       method: { type: method.value, [method.value]: { hyperparameters: hyperparameters() } } };
     if (validationFile.value) body.validation_file = validationFile.value;
     if (suffix.value) body.suffix = suffix.value;
+    return body;
+  }
+  // Edits, selects and the method's redrawn fields all bubble here (after showFields ran on "change").
+  for (const type of ["input", "change"]) form.addEventListener(type, () => updateEstimate(createBody()));
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    alert.textContent = "";
+    const body = createBody();
     submit.disabled = true;
     try {
       const job = await api("/fine_tuning/jobs", { method: "POST", json: body });
@@ -135,6 +144,7 @@ export function newJob(root) {
       fields = methods;
       showFields();
       profile.refresh();
+      updateEstimate(createBody());
     } catch (err) {
       alert.textContent = `Could not load the form: ${err.message}`;
     }
