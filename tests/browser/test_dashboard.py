@@ -18,6 +18,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
+from drlora_core.config import RunConfig
 from tests.browser.conftest import Served, sign_in
 from tests.support.service import demo_paths, wait_until
 
@@ -115,7 +116,8 @@ def test_a_demo_job_from_the_form_to_its_adapter(page: Page, served: Served) -> 
     page.get_by_label("Validation file (optional)").select_option(val_id.group(0))
     upload.set_input_files(train)
     expect(page.get_by_text("train.jsonl is valid")).to_be_visible()
-    expect(page.get_by_label("learning_rate", exact=True)).to_have_value("0.00002")  # the API's default, shown
+    # the API's default (RunConfig's, "auto" until the model and the file decide it) is what the form shows
+    expect(page.get_by_label("learning_rate", exact=True)).to_have_value(str(RunConfig().train.lr))
     page.get_by_label("Method").select_option("dr_lora")
     for name, value in FORM.items():
         page.get_by_label(name, exact=True).fill(str(value))
@@ -195,7 +197,7 @@ def test_pause_and_resume_from_the_buttons(page: Page, served: Served) -> None:
         "method": {"type": "dr_lora", "dr_lora": {"hyperparameters": hyperparameters}}}).json()["id"]
     sign_in(page, served)
     page.goto(f"{served.url}/ui/#/jobs/{job_id}")
-    served.api.wait_step(job_id, 1, timeout=300)
+    served.api.wait_step(job_id, 1)
 
     pause = page.get_by_role("button", name="Pause")
     expect(pause).to_be_enabled()
