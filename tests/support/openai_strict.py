@@ -26,12 +26,13 @@ from openai.types.fine_tuning.jobs import FineTuningJobCheckpoint
 HYPERPARAMETERS = {
     "max_steps", "grad_accum", "learning_rate", "weight_decay", "warmup_ratio", "max_seq_len", "train_router",
     "dropout", "alpha", "checkpoint_every", "eval_every", "dtype", "gradient_checkpointing", "r_init", "r_target",
-    "r_max", "growth_interval", "grow_frac", "beta_f", "beta_g", "gamma",
+    "r_max", "growth_interval", "grow_frac", "beta_f", "beta_g", "gamma", "growth_end_ratio", "per_slice_adam_steps",
+    "router_aux_loss_coef", "saliency_signal", "static_profile",
 }
 METHODS = ("dr_lora", "lora", "static")
 # Fields the SDK's types do not declare, by type: the documented extensions, and nothing else.
 EXTENSIONS: dict[type[pydantic.BaseModel], set[str]] = {
-    FineTuningJob: {"progress"} | {f"hyperparameters.{h}" for h in HYPERPARAMETERS}
+    FineTuningJob: {"progress", "estimate", "pending_action"} | {f"hyperparameters.{h}" for h in HYPERPARAMETERS}
     | {f"method.{m}.hyperparameters.{h}" for m in METHODS for h in HYPERPARAMETERS},
     FileObject: {"format", "lines"},
     FineTuningJobEvent: set(),
