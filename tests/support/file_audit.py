@@ -8,8 +8,10 @@ their pickled state, each of which would create a marker file the moment anythin
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+import os
 import pickle
 import zipfile
 from collections.abc import Callable
@@ -24,13 +26,14 @@ PICKLE_NAMES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.
 
 
 class _Tripwire:
-    """Unpickling this opens (creates) `path`: proof that something unpickled a planted file."""
+    """Unpickling this creates `path` (os.mkdir: no file handle left open): proof that something unpickled a
+    planted file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def __reduce__(self) -> tuple[object, tuple[str, str]]:
-        return open, (str(self.path), "w")
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.mkdir, (str(self.path),)
 
 
 def plant_pickles(folder: Path, marker: Path) -> list[Path]:
@@ -52,6 +55,10 @@ def unsafe_files(root: Path) -> list[str]:
 
 
 def _unsafe(name: str, data: bytes) -> str | None:
+    if not data:  # an empty file (a worker's liveness marker) holds nothing to load
+        return None
+    if name.endswith(".csv"):  # a job's metrics result file
+        return _try(lambda: list(csv.reader(io.StringIO(data.decode()))))
     if name.endswith(".safetensors"):
         return _try(lambda: load_safetensors(data))
     if name.endswith(".zip"):
