@@ -210,8 +210,9 @@ def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_one(pg_redis
         job_id = c.create(max_steps=8, checkpoint_every=2)
         writer = c.worker(extra_env={HOLD_STEP_ENV: "4"})  # the crash drill: step 4's writer stops mid-write
         partial = settings.runs_root / job_id / "attempt-1" / "checkpoints" / ".step-000004.tmp"
-        c.wait(job_id, lambda: (partial / "trainer.json").is_file(), "step 4's checkpoint to be half written")
-        assert sorted(p.name for p in partial.iterdir()) == ["adapter.safetensors", "optimizer.safetensors",
+        # the drill holds the writer after the tensors, trainer.json and the PEFT adapter/ (published whole)
+        c.wait(job_id, lambda: (partial / "adapter").is_dir(), "step 4's checkpoint to be half written")
+        assert sorted(p.name for p in partial.iterdir()) == ["adapter", "adapter.safetensors", "optimizer.safetensors",
                                                              "signals.safetensors", "trainer.json"]  # no marker
         writer.stop(signal.SIGKILL)
         killed = time.monotonic()
