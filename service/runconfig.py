@@ -45,7 +45,7 @@ def build_run_config(method: Method, hyperparameters: dict[str, Any], seed: int,
     facts = known_model_facts(model_dir)
     parameters = facts.total_params if facts is not None else None
     lora: dict[str, Any] = {"method": method}
-    train: dict[str, Any] = {"seed": seed, "lr": _learning_rate(method, hyperparameters, parameters)}
+    train: dict[str, Any] = {"seed": seed, "lr": _learning_rate(prefix, hyperparameters, parameters)}
     for name, value in hyperparameters.items():
         if name in (MULTIPLIER, "learning_rate"):
             continue
@@ -97,15 +97,15 @@ def _parameters(model_dir: Path) -> int | None:
     return facts.total_params if facts is not None else None
 
 
-def _learning_rate(method: Method, hyperparameters: dict[str, Any], parameters: int | None) -> float | str:
+def _learning_rate(prefix: str, hyperparameters: dict[str, Any], parameters: int | None) -> float | str:
     """The requested learning rate: `learning_rate` as given, or the multiplier times the auto one."""
     multiplier, lr = hyperparameters.get(MULTIPLIER, AUTO), hyperparameters.get("learning_rate", AUTO)
     if multiplier == AUTO:
         return lr  # type: ignore[no-any-return]
     if lr != AUTO:
-        raise Unprocessable(f"{_param(method, MULTIPLIER)}: give learning_rate or learning_rate_multiplier, not "
+        raise Unprocessable(f"{_param(prefix, MULTIPLIER)}: give learning_rate or learning_rate_multiplier, not "
                             f"both (the multiplier scales the auto learning rate, {learning_rate(parameters):g} for "
-                            "this model)", param=_param(method, MULTIPLIER), code="invalid_value")
+                            "this model)", param=_param(prefix, MULTIPLIER), code="invalid_value")
     return float(multiplier) * learning_rate(parameters)
 
 

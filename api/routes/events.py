@@ -49,7 +49,7 @@ def _events_after(session: Session, job_id: str, after: int, limit: int) -> Numb
 
 def _events_before(session: Session, job_id: str, before: int | None, limit: int) -> Numbered:
     """Up to `limit` of the job's events numbered below `before` (from its newest when None), newest first."""
-    top = before - 1 if before is not None else session.scalar(
+    top = max(0, before - 1) if before is not None else session.scalar(
         select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job_id)) or 0
     start = max(0, top - limit)
     rows = session.scalars(

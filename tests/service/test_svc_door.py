@@ -112,10 +112,11 @@ def test_event_ids_number_each_jobs_own_events(client: TestClient, make_key) -> 
         client.post(f"/v1/fine_tuning/jobs/{job_id}/resume", headers=auth(key))
     path = f"/v1/fine_tuning/jobs/{second}/events"
     ids = [e["id"] for e in client.get(path, headers=auth(key)).json()["data"]]
-    assert ids == ["ftevent-1", "ftevent-2", "ftevent-3"]  # nothing shows how many events other jobs have
-    page = client.get(path, headers=auth(key), params={"after": "ftevent-1", "limit": 1}).json()
-    assert [e["id"] for e in page["data"]] == ["ftevent-2"] and page["has_more"] is True
-    assert client.get(path, headers=auth(key), params={"after": "ftevent-3"}).json()["data"] == []
+    # newest first, numbered from the job's own first event: nothing shows how many events other jobs have
+    assert ids == [f"ftevent-{n}" for n in range(len(ids), 0, -1)] and len(ids) >= 3
+    page = client.get(path, headers=auth(key), params={"after": ids[0], "limit": 1}).json()
+    assert [e["id"] for e in page["data"]] == [ids[1]] and page["has_more"] is True
+    assert client.get(path, headers=auth(key), params={"after": "ftevent-1"}).json()["data"] == []
 
 
 def test_a_stream_resumes_after_its_last_event_id(client: TestClient, make_key) -> None:
