@@ -51,7 +51,7 @@ class ExportOptions:
 
     def key(self) -> str:
         """A stable identity for a stored export of these options (the artifact's name among a job's)."""
-        parts = [self.layout, self.dtype]
+        parts: list[str] = [self.layout, self.dtype]
         if self.max_rank is not None:
             parts.append(f"r{self.max_rank}")
         if self.base_model_name_or_path is not None:
