@@ -111,7 +111,7 @@ def plan_merge(stored: StoredAdapter, model: nn.Module, base: BaseCheckpoint) ->
             raise MergeError(f"wrong base model: the adapter adapts {site.path}, which the model in "
                              f"{base.directory} does not have; merge into the model the adapter was trained on "
                              f"({stored.base_model or 'see adapter_config.json'})")
-        memory = {k: torch.empty(v.shape, device="meta") for k, v in memory_layout(site, sites[site.path]).items()}
+        memory = memory_layout(site, sites[site.path])
         same = _found(memory, base)
         identity.append(same)
         keys = memory if same else _convert(model, memory)
