@@ -22,8 +22,9 @@ if TYPE_CHECKING:
         TrainingCallback,
     )
     from drlora_core.config import ConfigError, LoraConfig, RunConfig, TrainConfig
-    from drlora_core.export import export_merged, export_peft
+    from drlora_core.export import export_peft
     from drlora_core.formats import DatasetError
+    from drlora_core.merge_stream import export_merged
     from drlora_core.run import PreparedRun, RunResult, prepare_run, train_prepared, train_run
     from drlora_core.trainer import TrainResult, train
 
@@ -36,7 +37,7 @@ _HOMES: dict[str, str] = {
     "ExpertStats": "callbacks", "GrowthEvent": "callbacks", "Hooks": "callbacks", "StepMetrics": "callbacks",
     "StopReason": "callbacks", "TrainingCallback": "callbacks",
     "ConfigError": "config", "LoraConfig": "config", "RunConfig": "config", "TrainConfig": "config",
-    "export_merged": "export", "export_peft": "export",
+    "export_merged": "merge_stream", "export_peft": "export",
     "DatasetError": "formats",
     "PreparedRun": "run", "RunResult": "run", "prepare_run": "run", "train_prepared": "run", "train_run": "run",
     "TrainResult": "trainer", "train": "trainer",

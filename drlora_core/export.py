@@ -1,4 +1,5 @@
-"""Write a trained adapter as a PEFT adapter directory (loadable without drlora), or merge it into the base model.
+"""Write a trained adapter as a PEFT adapter directory (loadable without drlora). Merged models are written from
+that directory by `merge_stream.export_merged`.
 
 PEFT gives every targeted parameter one rank, so per-expert ranks are zero-padded to the largest active rank r_c;
 PEFT's scaling is made 1 (lora_alpha = r) and ours is folded into B, so the padding changes nothing.
@@ -21,13 +22,11 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 from drlora_core.adapter import Adapter
 from drlora_core.atomic import fresh_tmp, publish_dir
 from drlora_core.callbacks import GrowthEvent
 from drlora_core.config import RunConfig
-from drlora_core.families import ExpertsSite
 
 RANKS_FILE = "drlora_ranks.json"
 
@@ -105,38 +104,6 @@ def export_run_adapter(adapter: Adapter, out_dir: Path, *, base_model: str, even
     """A run's adapter (the final one, or a checkpoint's): the PEFT files, with the run's config and step."""
     return export_peft(adapter, out_dir, base_model=base_model, events=events, routers=config.train.train_router,
                        extra={"base_model": base_model, "steps": step, "config": config.to_dict()})
-
-
-def export_merged(adapter: Adapter, tokenizer: Any, out_dir: Path) -> Path:
-    """Merge the LoRA into the base weights and save a plain Hugging Face model directory. This consumes the
-    adapter: the model is left merged and detached."""
-    merge_into_base(adapter)
-    adapter.detach()
-    tmp = fresh_tmp(out_dir)
-    adapter.model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
-    tokenizer.save_pretrained(tmp)
-    return publish_dir(tmp, out_dir)
-
-
-@torch.no_grad()
-def merge_into_base(adapter: Adapter) -> None:
-    """Add every expert's LoRA update into the base weights (then detach the adapter to run the merged model)."""
-    for site, bank in zip(adapter.sites, adapter.banks, strict=True):
-        for name in bank.projection_names:
-            delta = bank.delta_weight(name)  # (E, out, in)
-            _add_delta(site, name, delta)
-
-
-def _add_delta(site: ExpertsSite, name: str, delta: torch.Tensor) -> None:
-    if site.style == "fused":
-        weight: nn.Parameter = getattr(site.module, name)
-        update = delta.transpose(-2, -1) if site.module.is_transposed else delta
-        weight.add_(update.to(weight.dtype))
-        return
-    expert: nn.Module
-    for e, expert in enumerate(site.module):  # type: ignore[arg-type]
-        linear: nn.Linear = getattr(expert, name)
-        linear.weight.add_(delta[e].to(linear.weight.dtype))
 
 
 def _unique(items: Any) -> list[str]:

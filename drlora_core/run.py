@@ -4,7 +4,7 @@
 is also what the quality benchmark trains with, so that it measures the same runs. Layout of `out_dir`:
   checkpoints/step-NNNNNN/   resumable checkpoints (see checkpoint.py), each with its PEFT adapter in adapter/
   adapter/                   the PEFT adapter directory, written when the run completes
-  merged/                    with `merged=True`: the base model with the adapter merged in
+  merged/                    with `merged=True`: the base checkpoint with adapter/ merged in, streamed shard by shard
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from drlora_core.assets import DEMO_MODEL_ID, resolve_model_dir
 from drlora_core.callbacks import ExpertStats, GrowthEvent, StopReason, TrainingCallback
 from drlora_core.config import ConfigError, RunConfig
 from drlora_core.data import BatchStream, collate, load_dataset, pad_token_id
-from drlora_core.export import export_merged, export_run_adapter
+from drlora_core.export import export_run_adapter
+from drlora_core.merge_stream import export_merged
 from drlora_core.trainer import Batch, TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def train_run(model: str, train_file: Path, out_dir: Path, config: RunConfig, va
         adapter_dir = export_run_adapter(run.adapter, out_dir / "adapter", base_model=run.base_model,
                                          events=result.growth_events, config=config, step=result.step)
         if merged:
-            merged_dir = export_merged(run.adapter, run.tokenizer, out_dir / "merged")
+            merged_dir = export_merged(adapter_dir, resolve_model_dir(model), out_dir / "merged")
     return RunResult("completed" if completed else "stopped", None if completed else result.stopped, result.step,
                      result.total_steps, adapter_dir, merged_dir, result.ranks, result.growth_events, result.stats)
 

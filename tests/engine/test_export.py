@@ -1,4 +1,4 @@
-"""The exported adapter loads with PEFT alone and reproduces the engine's logits; merging does too."""
+"""The exported adapter loads with PEFT alone and reproduces the engine's logits; so does the tests' reference merge."""
 
 import json
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from drlora_core.adapter import attach
-from drlora_core.export import RANKS_FILE, export_peft, merge_into_base
+from drlora_core.export import RANKS_FILE, export_peft
 from drlora_core.tiny import build_tiny
-from tests.support.engine import adapted, logits
+from tests.support.engine import adapted, logits, merge_into_base
 
 IDS = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(11))
 

@@ -8,8 +8,7 @@ import torch
 
 from drlora_core.adapter import Adapter, attach
 from drlora_core.config import LoraConfig
-from drlora_core.export import merge_into_base
-from drlora_core.families import find_experts
+from drlora_core.families import ExpertsSite, find_experts
 from drlora_core.tiny import build_tiny
 
 SMALL = LoraConfig(r_init=2, r_target=4, r_max=8, growth_interval=2, dropout=0.0)
@@ -34,6 +33,26 @@ def adapted(family: str, config: LoraConfig = SMALL, random_b: bool = True,
     if random_b:
         randomise_b(adapter)
     return model, adapter
+
+
+@torch.no_grad()
+def merge_into_base(adapter: Adapter) -> None:
+    """The plain reference merge: every expert's LoRA update added into the in-memory base weights (then detach
+    the adapter to run the merged model). The engine's merged export streams the checkpoint instead
+    (drlora_core.merge_stream); this one stays here as the independent reference the tests compare against."""
+    for site, bank in zip(adapter.sites, adapter.banks, strict=True):
+        for name in bank.projection_names:
+            _add_delta(site, name, bank.delta_weight(name))  # (E, out, in)
+
+
+def _add_delta(site: ExpertsSite, name: str, delta: torch.Tensor) -> None:
+    if site.style == "fused":
+        weight = getattr(site.module, name)
+        weight.add_((delta.transpose(-2, -1) if site.module.is_transposed else delta).to(weight.dtype))
+        return
+    for e, expert in enumerate(site.module):  # type: ignore[arg-type,var-annotated]
+        linear = getattr(expert, name)
+        linear.weight.add_(delta[e].to(linear.weight.dtype))
 
 
 def reference_logits(model: torch.nn.Module, adapter: Adapter, ids: torch.Tensor) -> torch.Tensor:
