@@ -73,6 +73,7 @@ class CutAfter(httpx.BaseTransport):
         response = self.inner.handle_request(request)
         if self.limit is None:
             return response
+        assert isinstance(response.stream, httpx.SyncByteStream)
         return httpx.Response(response.status_code, headers=response.headers,
                               stream=_Cut(response.stream, self.limit), extensions=response.extensions)
 
