@@ -14,7 +14,7 @@ from api.schemas.exports import ExportCreate, ExportPublic, ExportsPublic
 from api.schemas.jobs import JobError
 from drlora_core.export_options import ExportOptions
 from service import exports
-from service.errors import Conflict
+from service.errors import Conflict, InvalidRequest
 from service.statuses import JobStatus
 from service.tables import Export, Job, Tenant
 
@@ -73,10 +73,15 @@ def owned_export(session: Session, tenant: Tenant, job_id: str, export_id: str) 
 
 @router.post("/{fine_tuning_job_id}/exports", response_model=ExportPublic, status_code=201,
              responses={200: {"model": ExportPublic, "description": "the export with these options already existed"}})
-def create_export(body: ExportCreate, response: Response, session: SessionDep, factory: SessionFactoryDep,
-                  tenant: CurrentTenant, celery: CeleryDep, fine_tuning_job_id: str) -> ExportPublic:
-    job = get_owned_job(session, tenant, fine_tuning_job_id)
+def create_export(response: Response, session: SessionDep, factory: SessionFactoryDep, tenant: CurrentTenant,
+                  celery: CeleryDep, fine_tuning_job_id: str, body: ExportCreate | None = None) -> ExportPublic:
+    job = get_owned_job(session, tenant, fine_tuning_job_id)  # first: another tenant's job is 404 whatever the body
+    body = body or ExportCreate()
     options = exports.parse_options(body.layout, body.dtype, body.base_model_name_or_path, body.max_rank)
+    if options.is_default:
+        raise InvalidRequest("these options are the adapter as trained: download it from "
+                             f"/v1/fine_tuning/jobs/{job.id}/adapter; an export needs another layout, dtype, "
+                             "base_model_name_or_path or max_rank", param="layout", code="export_not_needed")
     checkpoint = None if body.checkpoint is None else str(body.checkpoint)
     row, created = request_export(session, factory, celery, job, options, checkpoint)
     response.status_code = 201 if created else 200

@@ -177,6 +177,14 @@ def test_post_creates_201_then_answers_the_same_export_200_and_lists_it(
     assert not_ready.status_code == 409 and not_ready.json()["error"]["code"] == "export_not_ready"
 
 
+def test_post_with_the_options_as_trained_points_to_the_adapter(tenant: Tenant, job: tuple[str, bytes]) -> None:
+    for body in ({}, {"dtype": "fp32"}, None):
+        r = tenant.client.post(f"{jobs(job[0])}/exports", headers=tenant.headers, json=body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "export_not_needed", r.text
+        assert f"{jobs(job[0])}/adapter" in r.json()["error"]["message"]
+    assert tenant.get(f"{jobs(job[0])}/exports").json()["data"] == []
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"layout": "sideways"}, "layout"),
     ({"dtype": "fp8"}, "dtype"),
