@@ -27,12 +27,12 @@ from api.main import create_app
 from api.ratelimit import REDIS_PREFIX, LocalLimiter, RedisLimiter
 from api.schemas.jobs import JobCreate, JobPublic
 from drlora_cli.bootstrap import migrate, new_key, register_model
+from service import exports
 from service.db import make_engine, make_sessionmaker, transaction
+from service.ids import new_id
 from service.keys import hash_key, revoke_key
 from service.quota import ACTIVE
 from service.settings import Settings
-from service import exports
-from service.ids import new_id
 from service.tables import ApiKey, Artifact, Checkpoint, Export, Job, JobEvent
 from tests.support.exports import build_export, store_file
 from tests.support.service import free_port, make_settings, start_api
