@@ -128,6 +128,25 @@ def test_a_failed_export_is_queued_again_by_the_next_request_under_the_same_id(
         assert (row.id, created, row.status, row.error, row.attempt) == (export_id, False, "queued", None, 0)
 
 
+def test_two_requests_at_once_get_one_row_from_the_unique_constraint(
+        factory: sessionmaker[Session], job: tuple[str, bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    options = ExportOptions(dtype="bf16", max_rank=3)
+    with transaction(factory) as s:
+        first = exports.request(s, s.get_one(Job, job[0]), options, None)[0].id
+    looked = exports._find
+    calls: list[int] = []
+
+    def late(*args: object) -> Export | None:  # the second request looked before the first one committed
+        calls.append(1)
+        return None if len(calls) == 1 else looked(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(exports, "_find", late)
+    with transaction(factory) as s:
+        row, created = exports.request(s, s.get_one(Job, job[0]), options, None)
+        assert s.get_one(Job, job[0]).status == "succeeded"  # the session is usable after the refused insert
+    assert (row.id, created, len(calls)) == (first, False, 2)
+
+
 def test_the_sweep_requeues_a_lost_worker_then_fails_after_max_attempts_and_resends_queued(
         client: TestClient, factory: sessionmaker[Session], job: tuple[str, bytes], pg_settings: Settings) -> None:
     with transaction(factory) as s:
