@@ -29,6 +29,7 @@ def error_response(status: int, message: str, type: str, *, param: str | None = 
 def service_error_response(exc: ServiceError, *, close: bool = False) -> JSONResponse:
     """`close`: answered before the body was read, so the connection ends rather than wait for the rest of it."""
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
+    headers.update(exc.headers)
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     if close:

@@ -58,8 +58,23 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", f"{JOB}/metrics"): (
         "A job's metric series", "Train and validation loss, learning rate and tokens per second by step."),
     ("GET", f"{JOB}/adapter"): (
-        "Download a job's adapter", "The trained adapter as a zip (PEFT layout and `drlora_ranks.json`); "
-                                    "`checkpoint` for an intermediate one; `ETag` holds its sha256."),
+        "Download a job's adapter",
+        "The trained adapter as a zip (PEFT layout and `drlora_ranks.json`); `checkpoint` for an intermediate one; "
+        "`ETag` holds its sha256. `layout`, `dtype`, `base_model_name_or_path` and `max_rank` ask for an export: "
+        "its zip once built, else 202 with the export object, `Location` and `Retry-After`. `Range: bytes=N-` "
+        "resumes a download (206); `If-Range` with the ETag."),
+    ("POST", f"{JOB}/exports"): (
+        "Export a job's adapter",
+        "Queues a worker to build the adapter (or a checkpoint's) in another layout (`fused`, `per_expert`, "
+        "`merged`), dtype, base model name or rank cap. 201 with the new export; the same options again answer the "
+        "same export with 200 (a failed one is queued again). A bad option answers 400 naming it."),
+    ("GET", f"{JOB}/exports"): ("List a job's exports", "The job's exports, newest first, with status and progress."),
+    ("GET", f"{JOB}/exports/{{export_id}}"): (
+        "Retrieve an export", "Status, `progress` (0 to 1) and `stage` while a worker builds it; `sha256` and "
+                              "`bytes` once it succeeded; `error` if it failed."),
+    ("GET", f"{JOB}/exports/{{export_id}}/content"): (
+        "Download an export", "The export's zip once it succeeded (409 `export_not_ready` before); `ETag` holds its "
+                              "sha256; `Range: bytes=N-` resumes (206)."),
     ("POST", "/v1/webhooks"): (
         "Register a webhook endpoint",
         "`url` and `events` (`fine_tuning.job.succeeded`, `.failed`, `.cancelled`, `.growth`). Answers the endpoint "

@@ -42,7 +42,7 @@ class Client:
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.http.request(method, path, **kwargs)
-        _raise_for(response)
+        raise_for(response)
         return response.json()
 
     def get(self, path: str, **params: Any) -> Any:
@@ -56,18 +56,9 @@ class Client:
             return self.request("POST", "/files", files={"file": (path.name, f, "application/jsonl")},
                                 data={"purpose": purpose})
 
-    def download(self, path: str, dest: Path, **params: Any) -> httpx.Headers:
-        with self.http.stream("GET", path, params={k: v for k, v in params.items() if v is not None}) as response:
-            if response.status_code >= 400:
-                response.read()
-                _raise_for(response)
-            with open(dest, "wb") as f:
-                for chunk in response.iter_bytes():
-                    f.write(chunk)
-            return response.headers
 
-
-def _raise_for(response: httpx.Response) -> None:
+def raise_for(response: httpx.Response) -> None:
+    """Raise `ClientError` with the API's message for an error answer (read it first when streaming)."""
     if response.status_code < 400:
         return
     try:

@@ -9,7 +9,6 @@ when a request is refused. `jobs watch` and `jobs create --watch` exit 0 when th
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import zipfile
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from drlora_core.config import METHODS
+from drlora_core.export_options import DTYPES, LAYOUTS
 from service.statuses import JobStatus
 
 
@@ -65,12 +65,23 @@ def register(subparsers: Any) -> None:
 
     adapter = subparsers.add_parser("adapter", help="trained adapters").add_subparsers(dest="adapter_command",
                                                                                         required=True)
-    p = adapter.add_parser("download", help="download a job's adapter zip and check its sha256")
+    p = adapter.add_parser("download", help="download a job's adapter zip (or an export of it), resuming an "
+                                            "interrupted download, and check its sha256")
     p.add_argument("job_id")
-    p.add_argument("-o", "--output", type=Path, help="zip path (default <job id>-adapter.zip)")
+    p.add_argument("-o", "--output", type=Path, help="zip path (default <job id>-adapter[-<layout>-<dtype>].zip)")
     p.add_argument("--checkpoint", help="an intermediate checkpoint (id or step) instead of the final adapter")
+    p.add_argument("--layout", choices=LAYOUTS, help="fused (as trained, default), per_expert (one LoRA per expert: "
+                                                     "vLLM) or merged (the base model with the adapter folded in)")
+    p.add_argument("--dtype", choices=DTYPES, help="auto (default), fp32 or bf16")
+    p.add_argument("--max-rank", type=int, help="compress experts above this rank (truncated SVD)")
+    p.add_argument("--base-model-name", help="base_model_name_or_path written into adapter_config.json")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between looks at an export being built")
     p.add_argument("--extract", type=Path, help="also unpack it into this directory (PEFT loads it from there)")
     p.set_defaults(handler=adapter_download)
+    p = adapter.add_parser("exports", help="a job's exports (other layouts, dtypes, ranks) and their status")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p.set_defaults(handler=adapter_exports)
 
 
 def _list_parser(group: Any, help_text: str, handler: Any) -> None:
@@ -235,19 +246,52 @@ def jobs_watch(args: argparse.Namespace) -> int:
 
 
 def adapter_download(args: argparse.Namespace) -> int:
-    dest: Path = args.output or Path(f"{args.job_id}-adapter.zip")
+    import httpx
+
+    from drlora_cli.client import raise_for
+    from drlora_cli.download import DownloadError, fetch
+    from drlora_cli.exports import export_body, wait_export
+
+    body = export_body(args)
+    dest: Path = args.output or Path(f"{args.job_id}-adapter" + "".join(
+        f"-{body[k]}" if k != "max_rank" else f"-r{body[k]}" for k in ("layout", "dtype", "max_rank") if k in body)
+        + ".zip")
 
     def download() -> None:
-        headers = _client().download(f"/fine_tuning/jobs/{args.job_id}/adapter", dest, checkpoint=args.checkpoint)
-        expected = headers.get("x-content-sha256", "")
-        actual = hashlib.sha256(dest.read_bytes()).hexdigest()
-        if expected and actual != expected:
-            dest.unlink()
-            raise SystemExit(f"sha256 mismatch: got {actual}, the server says {expected}; nothing kept")
-        print(f"{dest}  sha256 {actual}")
+        client = _client()
+        job_path = f"/fine_tuning/jobs/{args.job_id}"
+        if body:  # an export: ask for it (the same options answer the same export) and wait until it is built
+            export = client.post(f"{job_path}/exports", json={**body, "checkpoint": args.checkpoint})
+            export = wait_export(client, job_path, export, args.interval)
+            path, params = f"{job_path}/exports/{export['id']}/content", None
+        else:
+            path, params = f"{job_path}/adapter", {"checkpoint": args.checkpoint} if args.checkpoint else None
+        try:
+            sha256 = fetch(client.http, path, dest, params, raise_for=raise_for)
+        except DownloadError as e:
+            raise SystemExit(f"error: {e}") from None
+        except httpx.TransportError as e:
+            raise SystemExit(f"error: the download was interrupted ({e}); run the same command again to resume "
+                             f"it from {dest}.part") from None
+        print(f"{dest}  sha256 {sha256}")
         if args.extract:
             with zipfile.ZipFile(dest) as zf:
                 zf.extractall(args.extract)
             print(f"extracted to {args.extract}")
 
     return _run(download)
+
+
+def adapter_exports(args: argparse.Namespace) -> int:
+    from drlora_cli.tables import print_rows
+
+    def show() -> None:
+        page = _client().get(f"/fine_tuning/jobs/{args.job_id}/exports")
+        if args.json:
+            _print(page)
+            return
+        rows = [{**e, "progress": f"{e['progress']:.0%}", "checkpoint": e["checkpoint_step"]} for e in page["data"]]
+        print_rows(rows, ["id", "status", "layout", "dtype", "max_rank", "base_model_name_or_path", "checkpoint",
+                          "progress", "bytes", "created_at"])
+
+    return _run(show)

@@ -12,6 +12,7 @@ from service.settings import Settings
 
 TRAIN_TASK = "drlora.train_job"
 PROFILE_TASK = "drlora.profile_routing"  # a routing profile (service/profiles.py): the profile id only
+EXPORT_TASK = "drlora.export_adapter"  # an adapter export (service/exports.py): the export id only
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -67,3 +68,8 @@ def send_train(app: Celery, job_id: str) -> None:
 def send_profile(app: Celery, profile_id: str) -> None:
     """Raises whatever the broker raises; the profile stays queued and the sweep re-sends it."""
     app.send_task(PROFILE_TASK, args=[profile_id], retry=False)
+
+
+def send_export(app: Celery, export_id: str) -> None:
+    """Raises whatever the broker raises; the export stays queued and the sweep re-sends it."""
+    app.send_task(EXPORT_TASK, args=[export_id], retry=False)

@@ -22,6 +22,7 @@ class ServiceError(Exception):
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  line: int | None = None) -> None:
         super().__init__(message)
+        self.headers: dict[str, str] = {}  # extra response headers (e.g. Content-Range on a 416)
         self.message = message
         self.param = param
         self.code = code

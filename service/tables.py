@@ -276,3 +276,37 @@ class Worker(Base):
     free_bytes: Mapped[int] = mapped_column(BigInteger)
     started_at: Mapped[float] = mapped_column(Float)
     last_seen_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class Export(Base):
+    """An export of a job's adapter (final or a checkpoint's) with non-default `ExportOptions`, built by a worker:
+    queued -> running -> succeeded | failed (service/exports.py). `source` is `final` or `step-N`, never null, so the
+    unique (job, source, options) holds on PostgreSQL too (NULLs are distinct there). `path`, `sha256` and `bytes`
+    describe the published zip under the artifact root once it succeeded; `heartbeat_at` moves with every progress
+    report, so the sweep can tell a lost worker from a long merge."""
+
+    __tablename__ = "exports"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(40))
+    checkpoint_step: Mapped[int | None] = mapped_column(Integer)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)  # ExportOptions.to_dict()
+    options_key: Mapped[str] = mapped_column(String(400))  # ExportOptions.key()
+    status: Mapped[str] = mapped_column(String(20))
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    stage: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    path: Mapped[str | None] = mapped_column(Text)  # relative to the artifact root
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    dispatched_at: Mapped[float | None] = mapped_column(Float)
+    __table_args__ = (
+        UniqueConstraint("job_id", "source", "options_key", name="uq_exports_job_source_options"),
+        Index("ix_exports_status", "status"),
+    )

@@ -1,21 +1,25 @@
-"""The DR-LoRA resources of a job: rank map (now or `?step=`), expert signals, metric series, adapter zip."""
+"""The DR-LoRA resources of a job: rank map (now or `?step=`), expert signals, metric series, adapter zip (as
+trained, or with export options: served from the export, or 202 while a worker builds it)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from api.deps import CurrentTenant, SessionDep, SettingsDep
+from api.deps import CeleryDep, CurrentTenant, SessionDep, SessionFactoryDep, SettingsDep
 from api.downloads import verified_download
 from api.owned import get_owned_job
-from api.presenters import INT_MAX, parse_int
+from api.presenters import INT_MAX
+from api.routes.exports import pending_answer, request_export, serve_export
 from api.schemas.drlora import ExpertsPublic, GrowthEventPublic, MetricPublic, MetricsPublic, RanksPublic
-from service.errors import Conflict, NotFound
+from api.schemas.exports import ExportPublic
+from service import exports
+from service.artifacts import find_artifact
 from service.statuses import JobStatus
-from service.tables import Artifact, Checkpoint, ExpertStat, GrowthEvent, Job, Metric, RankSnapshot
+from service.tables import ExpertStat, GrowthEvent, Job, Metric, RankSnapshot
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["dr-lora"])
 
@@ -82,37 +86,29 @@ def get_metrics(
     return MetricsPublic(data=data, has_more=len(rows) > limit)
 
 
-def _find_artifact(session: SessionDep, job: Job, checkpoint: str | None) -> Artifact:
-    query = select(Artifact).where(Artifact.job_id == job.id)
-    if checkpoint is None:
-        if job.status != JobStatus.succeeded:
-            raise Conflict(f"job {job.id} is {job.status}; its adapter exists once it has succeeded "
-                           "(use ?checkpoint= for an intermediate one)", code="adapter_not_ready")
-        query = query.where(Artifact.kind == "adapter")
-    else:
-        ckpt = session.get(Checkpoint, checkpoint)
-        if ckpt is None and (step := parse_int(checkpoint)) is not None:
-            ckpt = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step == step))
-        if ckpt is None or ckpt.job_id != job.id:
-            raise NotFound(f"no checkpoint {checkpoint!r} in job {job.id}", param="checkpoint",
-                           code="checkpoint_not_found")
-        query = query.where(Artifact.kind == "checkpoint", Artifact.checkpoint_id == ckpt.id)
-    artifact = session.scalar(query.order_by(Artifact.step.desc()).limit(1))
-    if artifact is None:
-        raise NotFound(f"no adapter stored for job {job.id}" + (f" at checkpoint {checkpoint!r}" if checkpoint
-                       else ""), param="checkpoint" if checkpoint else None, code="adapter_not_found")
-    return artifact
-
-
 @router.get("/{fine_tuning_job_id}/adapter", response_class=FileResponse,
             responses={200: {"content": {"application/zip": {}},
-                             "description": "PEFT adapter zip; `ETag` and `Digest` carry its sha256"}})
+                             "description": "PEFT adapter zip; `ETag` and `Digest` carry its sha256"},
+                       202: {"model": ExportPublic, "description": "an export with these options is being built: "
+                             "poll `Location`, then ask again (`Retry-After` seconds)"},
+                       206: {"description": "the requested byte range (`Range: bytes=N-`)"},
+                       416: {"description": "the range starts past the end of the file"}})
 def download_adapter(
-    session: SessionDep, tenant: CurrentTenant, settings: SettingsDep, fine_tuning_job_id: str,
+    request: Request, session: SessionDep, factory: SessionFactoryDep, tenant: CurrentTenant, celery: CeleryDep,
+    settings: SettingsDep, fine_tuning_job_id: str,
     checkpoint: Annotated[str | None, Query(description="checkpoint id or step number", max_length=64)] = None,
-) -> FileResponse:
+    layout: Annotated[str | None, Query(description="fused (default), per_expert or merged", max_length=40)] = None,
+    dtype: Annotated[str | None, Query(description="auto (default), fp32 or bf16", max_length=40)] = None,
+    base_model_name_or_path: Annotated[str | None, Query(description="written into adapter_config.json",
+                                                         max_length=1000)] = None,
+    max_rank: Annotated[int | None, Query(description="cap on each expert's rank (truncated SVD)")] = None,
+) -> Response:
     job = get_owned_job(session, tenant, fine_tuning_job_id)
-    artifact = _find_artifact(session, job, checkpoint)
+    options = exports.parse_options(layout, dtype, base_model_name_or_path, max_rank)
+    if not options.is_default:
+        row, _ = request_export(session, factory, celery, job, options, checkpoint)
+        return serve_export(request, settings, row) if row.status == JobStatus.succeeded else pending_answer(row)
+    artifact = find_artifact(session, job, checkpoint)
     name = f"{job.id}-adapter.zip" if checkpoint is None else f"{job.id}-step-{artifact.step}-adapter.zip"
-    return verified_download(settings.artifact_root, artifact.path, artifact.sha256,
+    return verified_download(request, settings.artifact_root, artifact.path, artifact.sha256,
                              what=f"adapter of job {job.id}", media_type="application/zip", filename=name)

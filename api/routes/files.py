@@ -81,9 +81,10 @@ def retrieve_file(session: SessionDep, tenant: CurrentTenant, file_id: str) -> F
 @router.get("/{file_id}/content", response_class=FileResponse,
             responses={200: {"content": {"application/jsonl": {}},
                              "description": "the uploaded bytes; `ETag` and `Digest` carry their sha256"}})
-def file_content(session: SessionDep, tenant: CurrentTenant, settings: SettingsDep, file_id: str) -> FileResponse:
+def file_content(request: Request, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep,
+                 file_id: str) -> FileResponse:
     row = get_owned_file(session, tenant, file_id)
-    return verified_download(settings.files_root, row.path, row.sha256, what=f"content of file {file_id}",
+    return verified_download(request, settings.files_root, row.path, row.sha256, what=f"content of file {file_id}",
                              media_type="application/jsonl", filename=row.filename)
 
 

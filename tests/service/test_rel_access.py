@@ -27,11 +27,14 @@ from api.main import create_app
 from api.ratelimit import REDIS_PREFIX, LocalLimiter, RedisLimiter
 from api.schemas.jobs import JobCreate, JobPublic
 from drlora_cli.bootstrap import migrate, new_key, register_model
+from service import exports
 from service.db import make_engine, make_sessionmaker, transaction
+from service.ids import new_id
 from service.keys import hash_key, revoke_key
 from service.quota import ACTIVE
 from service.settings import Settings
-from service.tables import ApiKey, Checkpoint, Job, JobEvent
+from service.tables import ApiKey, Artifact, Checkpoint, Export, Job, JobEvent
+from tests.support.exports import build_export, store_file
 from tests.support.service import free_port, make_settings, start_api
 
 pytestmark = pytest.mark.timeout(120)
@@ -185,11 +188,17 @@ class World:
                 status="succeeded", fine_tuned_model=self.model, finished_at=time.time(), step=2, total_steps=2))
             s.add(Checkpoint(id=self.checkpoint, job_id=self.job, step=2, attempt=1, path=f"{self.job}/ckpt-2",
                              metrics={"step": 2}, created_at=time.time()))
+            adapter = f"{self.job}/attempt-1/adapter.zip"
+            s.add(Artifact(id=new_id("artifact"), job_id=self.job, kind="adapter", step=2, checkpoint_id=None,
+                           path=adapter, sha256=store_file(settings, adapter, b"PK owner adapter"), bytes=16,
+                           created_at=time.time()))
+        with transaction(make_sessionmaker(engine)) as s:
+            self.export = exports.request(s, s.get_one(Job, self.job), exports.parse_options(dtype="bf16"), None)[0].id
+        build_export(make_sessionmaker(engine), settings, self.export, b"PK owner export")
         with make_sessionmaker(engine)() as s:
             self.event = int(s.scalar(select(func.max(JobEvent.id)).where(JobEvent.job_id == self.job)) or 0)
             self.tenant = str(s.scalar(select(Job.tenant_id).where(Job.id == self.job)))
             self.request_hash = str(s.scalar(select(Job.request_hash).where(Job.id == self.job)))
-        engine.dispose()
         r = call(app, "POST", "/v1/fine_tuning/profiles", headers=auth(self.owner),
                  json={"model": "test-model", "training_file": self.file})
         assert r.status_code == 200, r.text
@@ -198,6 +207,13 @@ class World:
         r = call(app, "POST", JOBS, headers=auth(self.intruder), json=job_body(self.intruder_file))
         assert r.status_code == 200, r.text
         self.intruder_job = r.json()["id"]
+        with transaction(make_sessionmaker(engine)) as s:  # an export being built (its job's adapter is not needed)
+            self.intruder_export = new_id("export")
+            s.add(Export(id=self.intruder_export, job_id=self.intruder_job, source="final", checkpoint_step=None,
+                         options={"layout": "fused", "dtype": "bf16", "base_model_name_or_path": None,
+                                  "max_rank": None}, options_key="fused;bf16", status="queued", progress=0.0,
+                         attempt=0, created_at=time.time()))
+        engine.dispose()
         self.hook_url = f"https://93.184.216.34/owner-hook-{secrets.token_hex(4)}"  # a public address: no DNS
         self.webhook = self.register_webhook(self.owner, self.hook_url)
         self.intruder_webhook = self.register_webhook(self.intruder, "https://93.184.216.34/intruder")
@@ -216,7 +232,7 @@ class World:
     def owner_markers(self) -> list[str]:
         """Strings only the owner's rows hold: none may reach the intruder."""
         return [self.file, self.job, self.model, self.checkpoint, "owner-metadata-value", self.tenant, self.webhook,
-                self.hook_url, self.profile]
+                self.hook_url, self.profile, self.export]
 
     def operations(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(verb, path template, operation) for every route of the OpenAPI document."""
@@ -232,12 +248,12 @@ def world(pg_settings: Settings) -> Iterator[World]:
 # The id each path parameter names; a route with a parameter not listed here fails the test until it is added.
 UNKNOWN = {"file_id": "file-0123456789abcdef01234567", "fine_tuning_job_id": "ftjob-0123456789abcdef01234567",
            "model": "ft:test-model:owned:ftjob-0123456789abcdef01234567", "webhook_id": "wh-0123456789abcdef01234567",
-           "profile_id": "ftprof-0123456789abcdef01234567"}
+           "profile_id": "ftprof-0123456789abcdef01234567", "export_id": "export-0123456789abcdef01234567"}
 
 
 def path_ids(world: World) -> dict[str, str]:
     return {"file_id": world.file, "fine_tuning_job_id": world.job, "model": world.model, "webhook_id": world.webhook,
-            "profile_id": world.profile}
+            "profile_id": world.profile, "export_id": world.export}
 
 
 def fill(template: str, ids: dict[str, str]) -> str:
@@ -247,9 +263,13 @@ def fill(template: str, ids: dict[str, str]) -> str:
     return re.sub(r"{(\w+)(?::\w+)?}", lambda m: ids[m.group(1)], template)
 
 
-def same_answer(foreign: httpx.Response, unknown: httpx.Response, foreign_id: str, unknown_id: str) -> None:
+def same_answer(foreign: httpx.Response, unknown: httpx.Response, foreign_ids: list[str],
+                unknown_ids: list[str]) -> None:
     assert foreign.status_code == unknown.status_code == 404, (foreign.text, unknown.text)
-    assert foreign.text.replace(foreign_id, "ID") == unknown.text.replace(unknown_id, "ID")
+    foreign_text, unknown_text = foreign.text, unknown.text
+    for foreign_id, unknown_id in zip(foreign_ids, unknown_ids, strict=True):
+        foreign_text, unknown_text = foreign_text.replace(foreign_id, "ID"), unknown_text.replace(unknown_id, "ID")
+    assert foreign_text == unknown_text
     assert error(foreign)["type"] == "not_found_error"
 
 
@@ -262,8 +282,8 @@ def test_another_tenants_id_answers_404_like_an_unknown_id_on_every_route(world:
         foreign_url, unknown_url = fill(template, owned), fill(template, UNKNOWN)
         foreign = call(world.app, verb.upper(), foreign_url, headers=auth(world.intruder))
         unknown = call(world.app, verb.upper(), unknown_url, headers=auth(world.intruder))
-        assert len(names) == 1, template
-        same_answer(foreign, unknown, owned[names[0]], UNKNOWN[names[0]])
+        assert names[0] in ("file_id", "fine_tuning_job_id", "model", "webhook_id", "profile_id"), template
+        same_answer(foreign, unknown, [owned[n] for n in names], [UNKNOWN[n] for n in names])
     # the owner's rows are untouched and still theirs: each GET answers the owner something else than 404-unknown
     for verb, template in routes:
         if verb == "get":
@@ -282,11 +302,12 @@ QUERY_IDS = {("/v1/files", "after"): "file", (JOBS, "after"): "job",
              (f"{JOBS}/{{fine_tuning_job_id}}/metrics", "after"): "step"}
 CURSORS = ("event", "step")  # numeric cursors over the caller's own job: compared by what they reveal
 ID_PARAMS = ("after", "before", "checkpoint", "file", "job", "model")
+NOT_IDS = {(f"{JOBS}/{{fine_tuning_job_id}}/adapter", "base_model_name_or_path")}  # a name written into a file
 
 
 def test_another_tenants_id_in_a_query_parameter_is_an_unknown_id(world: World) -> None:
     found = {(path, p["name"]) for verb, path, op in world.operations() for p in op.get("parameters", [])
-             if p["in"] == "query" and any(word in p["name"] for word in ID_PARAMS)}
+             if p["in"] == "query" and any(word in p["name"] for word in ID_PARAMS)} - NOT_IDS
     assert found == set(QUERY_IDS), f"add the new id parameters to QUERY_IDS: {found ^ set(QUERY_IDS)}"
     owned = {"file": world.file, "job": world.job, "checkpoint": world.checkpoint, "event": f"ftevent-{world.event}",
              "step": "2"}
@@ -317,7 +338,7 @@ def test_lists_and_the_intruders_own_resources_never_show_foreign_rows(world: Wo
     for template in gets:
         url = fill(template, {"fine_tuning_job_id": world.intruder_job, "file_id": world.intruder_file,
                               "model": "test-model", "webhook_id": world.intruder_webhook,
-                              "profile_id": world.intruder_profile})
+                              "profile_id": world.intruder_profile, "export_id": world.intruder_export})
         r = call(world.app, "GET", url, headers=auth(world.intruder))
         assert r.status_code in (200, 409), (url, r.text)  # 409: the intruder's own adapter is not ready
         for marker in world.owner_markers():
