@@ -31,5 +31,5 @@ def test_trained_routers_come_back_by_model_path(tmp_path):
 
 
 def test_a_directory_without_the_ranks_file_is_refused_by_name(tmp_path):
-    with pytest.raises(AdapterFilesError, match="drlora_ranks.json"):
+    with pytest.raises(AdapterFilesError, match=r"drlora_ranks\.json"):
         read_adapter(tmp_path)
