@@ -6,6 +6,7 @@ Without `DRLORA_API_KEY` it falls back to the key `drlora serve` wrote to `$DRLO
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,18 @@ class Client:
                 for chunk in response.iter_bytes():
                     f.write(chunk)
             return response.headers
+
+
+def download_adapter(client: Client, job_id: str, dest: Path, checkpoint: str | None = None) -> str:
+    """Download a job's adapter zip (or a checkpoint's) to `dest` and check it against the sha256 the server sends;
+    returns the sha256. A mismatch keeps nothing and exits."""
+    headers = client.download(f"/fine_tuning/jobs/{job_id}/adapter", dest, checkpoint=checkpoint)
+    expected = headers.get("x-content-sha256", "")
+    actual = hashlib.sha256(dest.read_bytes()).hexdigest()
+    if expected and actual != expected:
+        dest.unlink()
+        raise SystemExit(f"sha256 mismatch: got {actual}, the server says {expected}; nothing kept")
+    return actual
 
 
 def _raise_for(response: httpx.Response) -> None:

@@ -9,7 +9,6 @@ when a request is refused. `jobs watch` and `jobs create --watch` exit 0 when th
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import zipfile
@@ -238,12 +237,9 @@ def adapter_download(args: argparse.Namespace) -> int:
     dest: Path = args.output or Path(f"{args.job_id}-adapter.zip")
 
     def download() -> None:
-        headers = _client().download(f"/fine_tuning/jobs/{args.job_id}/adapter", dest, checkpoint=args.checkpoint)
-        expected = headers.get("x-content-sha256", "")
-        actual = hashlib.sha256(dest.read_bytes()).hexdigest()
-        if expected and actual != expected:
-            dest.unlink()
-            raise SystemExit(f"sha256 mismatch: got {actual}, the server says {expected}; nothing kept")
+        from drlora_cli.client import download_adapter
+
+        actual = download_adapter(_client(), args.job_id, dest, args.checkpoint)
         print(f"{dest}  sha256 {actual}")
         if args.extract:
             with zipfile.ZipFile(dest) as zf:

@@ -12,6 +12,7 @@ from service.settings import Settings
 
 TRAIN_TASK = "drlora.train_job"
 PROFILE_TASK = "drlora.profile_routing"  # a routing profile (service/profiles.py): the profile id only
+GENERATE_TASK = "drlora.generate"  # completions by a job's adapter (service/generations.py): the generation id
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -67,3 +68,8 @@ def send_train(app: Celery, job_id: str) -> None:
 def send_profile(app: Celery, profile_id: str) -> None:
     """Raises whatever the broker raises; the profile stays queued and the sweep re-sends it."""
     app.send_task(PROFILE_TASK, args=[profile_id], retry=False)
+
+
+def send_generation(app: Celery, generation_id: str) -> None:
+    """Raises whatever the broker raises; the generation stays queued and the sweep re-sends it."""
+    app.send_task(GENERATE_TASK, args=[generation_id], retry=False)

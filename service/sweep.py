@@ -22,7 +22,7 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import jobstate, profiles
+from service import generations, jobstate, profiles
 from service.broker import send_train
 from service.db import transaction
 from service.ids import now
@@ -37,6 +37,7 @@ def sweep_once(factory: sessionmaker[Session], celery: Celery, settings: Setting
     """One pass; returns the ids of the jobs it sent to the broker."""
     reclaim_lost(factory)
     profiles.sweep(factory, celery, settings)  # routing profiles: re-sent when queued too long, failed when lost
+    generations.sweep(factory, celery, settings)  # the same for generations
     return redispatch(factory, celery, settings)
 
 

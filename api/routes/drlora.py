@@ -11,11 +11,10 @@ from sqlalchemy import select
 from api.deps import CurrentTenant, SessionDep, SettingsDep
 from api.downloads import verified_download
 from api.owned import get_owned_job
-from api.presenters import INT_MAX, parse_int
+from api.presenters import INT_MAX
 from api.schemas.drlora import ExpertsPublic, GrowthEventPublic, MetricPublic, MetricsPublic, RanksPublic
-from service.errors import Conflict, NotFound
-from service.statuses import JobStatus
-from service.tables import Artifact, Checkpoint, ExpertStat, GrowthEvent, Job, Metric, RankSnapshot
+from service.artifacts import find_adapter
+from service.tables import ExpertStat, GrowthEvent, Job, Metric, RankSnapshot
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["dr-lora"])
 
@@ -82,28 +81,6 @@ def get_metrics(
     return MetricsPublic(data=data, has_more=len(rows) > limit)
 
 
-def _find_artifact(session: SessionDep, job: Job, checkpoint: str | None) -> Artifact:
-    query = select(Artifact).where(Artifact.job_id == job.id)
-    if checkpoint is None:
-        if job.status != JobStatus.succeeded:
-            raise Conflict(f"job {job.id} is {job.status}; its adapter exists once it has succeeded "
-                           "(use ?checkpoint= for an intermediate one)", code="adapter_not_ready")
-        query = query.where(Artifact.kind == "adapter")
-    else:
-        ckpt = session.get(Checkpoint, checkpoint)
-        if ckpt is None and (step := parse_int(checkpoint)) is not None:
-            ckpt = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step == step))
-        if ckpt is None or ckpt.job_id != job.id:
-            raise NotFound(f"no checkpoint {checkpoint!r} in job {job.id}", param="checkpoint",
-                           code="checkpoint_not_found")
-        query = query.where(Artifact.kind == "checkpoint", Artifact.checkpoint_id == ckpt.id)
-    artifact = session.scalar(query.order_by(Artifact.step.desc()).limit(1))
-    if artifact is None:
-        raise NotFound(f"no adapter stored for job {job.id}" + (f" at checkpoint {checkpoint!r}" if checkpoint
-                       else ""), param="checkpoint" if checkpoint else None, code="adapter_not_found")
-    return artifact
-
-
 @router.get("/{fine_tuning_job_id}/adapter", response_class=FileResponse,
             responses={200: {"content": {"application/zip": {}},
                              "description": "PEFT adapter zip; `ETag` and `Digest` carry its sha256"}})
@@ -112,7 +89,7 @@ def download_adapter(
     checkpoint: Annotated[str | None, Query(description="checkpoint id or step number", max_length=64)] = None,
 ) -> FileResponse:
     job = get_owned_job(session, tenant, fine_tuning_job_id)
-    artifact = _find_artifact(session, job, checkpoint)
+    artifact = find_adapter(session, job, checkpoint)
     name = f"{job.id}-adapter.zip" if checkpoint is None else f"{job.id}-step-{artifact.step}-adapter.zip"
     return verified_download(settings.artifact_root, artifact.path, artifact.sha256,
                              what=f"adapter of job {job.id}", media_type="application/zip", filename=name)
