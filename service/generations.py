@@ -59,8 +59,9 @@ class GenerationRequest:
                 _refuse(f"prompts.{i}", "the prompt is empty; write something for the model to complete")
             if len(prompt) > MAX_PROMPT_CHARS:
                 _refuse(f"prompts.{i}", f"the prompt is {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
-        if self.checkpoint is not None and not self.checkpoint.strip():
-            _refuse("checkpoint", "empty; leave it out for the final adapter, or give a checkpoint id or step")
+        if self.checkpoint is not None and not (self.checkpoint.strip() and len(self.checkpoint) <= 64):
+            _refuse("checkpoint", "leave it out for the final adapter, or give a checkpoint id or step "
+                                  "(at most 64 characters)")
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
             _refuse("max_new_tokens", f"must be 1 to {MAX_NEW_TOKENS}, got {self.max_new_tokens}")
         if not (math.isfinite(self.temperature) and 0 <= self.temperature <= MAX_TEMPERATURE):

@@ -122,6 +122,7 @@ def test_a_checkpoint_is_named_by_step_and_an_unknown_one_is_a_400(
     ({"top_p": 1.01}, "top_p"),
     ({"seed": -1}, "seed"),
     ({"checkpoint": " "}, "checkpoint"),
+    ({"checkpoint": "9" * 65}, "checkpoint"),
 ])
 def test_bad_input_is_a_400_naming_the_field(client: TestClient, trained: tuple[dict[str, str], str],
                                               body: dict[str, Any], param: str) -> None:
