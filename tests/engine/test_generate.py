@@ -81,3 +81,34 @@ def test_plain_prompts_are_the_tokens_training_put_before_the_completion():
 def test_bad_sampling_settings_are_refused_by_name(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         Sampling(**bad)
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "gpt_oss", "module_list", "mixtral"])
+def test_folding_a_stored_adapter_gives_the_merged_reference_in_every_layout(family, tmp_path):
+    from drlora_core.adapter_files import read_adapter
+    from drlora_core.export import merge_stored_into_base
+    from drlora_core.tiny import build_tiny
+    from tests.support.engine import adapted, reference_logits
+
+    model, adapter = adapted(family)
+    with torch.no_grad():  # a trained router travels with the adapter and is copied in
+        adapter.sites[0].router.weight.add_(0.5)
+    export_peft(adapter, tmp_path / "adapter", base_model=family, routers=True)
+    ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(0))
+    fresh = build_tiny(family)
+    if hasattr(fresh, "set_experts_implementation"):
+        fresh.set_experts_implementation("eager")
+    merge_stored_into_base(fresh, read_adapter(tmp_path / "adapter"))
+    with torch.no_grad():
+        folded = fresh(input_ids=ids).logits
+    assert torch.allclose(folded, reference_logits(model, adapter, ids), atol=1e-5, rtol=0)
+    assert not torch.allclose(folded, build_tiny(family)(input_ids=ids).logits, atol=1e-3)
+
+
+def test_an_adapter_for_another_model_is_refused_naming_its_base(stored, tmp_path):
+    from drlora_core.adapter_files import read_adapter
+    from drlora_core.export import merge_stored_into_base
+    from drlora_core.tiny import build_tiny
+
+    with pytest.raises(ValueError, match="load the base model the adapter was trained on"):
+        merge_stored_into_base(build_tiny("module_list"), read_adapter(stored[2]))
