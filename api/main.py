@@ -18,7 +18,7 @@ from api.nul import RefuseNul
 from api.observe import Observe
 from api.operations import describe
 from api.ratelimit import make_limiter
-from api.routes import drlora, events, exports, files, health, jobs, models, profiles, webhooks
+from api.routes import drlora, events, exports, files, generations, health, jobs, models, profiles, webhooks
 from api.schemas.errors import ErrorPublic
 from api.streams import StreamSlots
 from service.broker import make_celery
@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     app.add_middleware(AuthGate)  # outside BodyLimit: no byte of the body is read before the key is checked
     app.add_middleware(RefuseNul)
     app.add_middleware(Observe, metrics=app.state.metrics)  # added last: the outermost, so it sees every answer
-    for module in (health, files, models, jobs, events, drlora, exports, profiles, webhooks):
+    for module in (health, files, models, jobs, events, drlora, exports, profiles, generations, webhooks):
         describe(module.router)
         app.include_router(module.router)
     if settings.metrics_enabled:

@@ -90,6 +90,13 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str]] = {
         "ranks `static` would fix at the budget."),
     ("GET", "/v1/fine_tuning/profiles/{profile_id}"): (
         "Retrieve a routing profile", "The profile's status and, once it succeeded, its result."),
+    ("POST", f"{JOB}/generations"): (
+        "Try a job's adapter on prompts",
+        "Asks a worker for completions of 1 to 8 `prompts` by the job's adapter (or a `checkpoint`'s), formatted as "
+        "the training data was (chat: one user turn through the model's chat template); greedy unless `temperature` "
+        "is above 0. Answers 201 with the queued generation; 409 while the job has no adapter yet."),
+    ("GET", f"{JOB}/generations/{{generation_id}}"): (
+        "Retrieve a generation", "The generation's status and, once it succeeded, one completion per prompt."),
 }
 
 

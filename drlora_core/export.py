@@ -22,11 +22,14 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from drlora_core.adapter import Adapter
+from drlora_core.adapter_files import StoredAdapter
 from drlora_core.atomic import fresh_tmp, publish_dir
 from drlora_core.callbacks import GrowthEvent
 from drlora_core.config import RunConfig
+from drlora_core.families import ExpertsSite, find_experts
 
 RANKS_FILE = "drlora_ranks.json"
 
@@ -100,10 +103,44 @@ def export_peft(adapter: Adapter, out_dir: Path, *, base_model: str, events: Seq
 
 
 def export_run_adapter(adapter: Adapter, out_dir: Path, *, base_model: str, events: Sequence[GrowthEvent],
-                       config: RunConfig, step: int) -> Path:
-    """A run's adapter (the final one, or a checkpoint's): the PEFT files, with the run's config and step."""
+                       config: RunConfig, step: int, data_format: str | None = None) -> Path:
+    """A run's adapter (the final one, or a checkpoint's): the PEFT files, with the run's config and step, and the
+    training data's format when known (`drlora generate` formats prompts by it)."""
+    extra: dict[str, Any] = {"base_model": base_model, "steps": step, "config": config.to_dict()}
+    if data_format is not None:
+        extra["data_format"] = data_format
     return export_peft(adapter, out_dir, base_model=base_model, events=events, routers=config.train.train_router,
-                       extra={"base_model": base_model, "steps": step, "config": config.to_dict()})
+                       extra=extra)
+
+
+@torch.no_grad()
+def merge_stored_into_base(model: nn.Module, stored: StoredAdapter) -> None:
+    """Add a stored adapter's updates (`adapter_files.read_adapter`) into a loaded base model's weights, and copy in
+    the routers it trained; the model then runs as the adapted one, with no drlora code in its forward."""
+    sites = {site.path: site for site in find_experts(model)}
+    for stored_site in stored.sites:
+        site = sites.get(stored_site.path)
+        if site is None or site.num_experts != stored_site.num_experts:
+            raise ValueError(f"the adapter's experts at {stored_site.path!r} ({stored_site.num_experts} experts) are "
+                             f"not in this model: load the base model the adapter was trained on "
+                             f"({stored.base_model or 'see adapter_config.json'})")
+        device = next(site.module.parameters()).device
+        for name in stored_site.projections:
+            _add_delta(site, name, stored_site.delta(name).to(device))
+    for path, weight in stored.routers.items():
+        model.get_parameter(path).copy_(weight)
+
+
+def _add_delta(site: ExpertsSite, name: str, delta: torch.Tensor) -> None:
+    if site.style == "fused":
+        weight: nn.Parameter = getattr(site.module, name)
+        update = delta.transpose(-2, -1) if site.module.is_transposed else delta
+        weight.add_(update.to(weight.dtype))
+        return
+    expert: nn.Module
+    for e, expert in enumerate(site.module):  # type: ignore[arg-type]
+        linear: nn.Linear = getattr(expert, name)
+        linear.weight.add_(delta[e].to(linear.weight.dtype))
 
 
 def _unique(items: Any) -> list[str]:

@@ -181,6 +181,16 @@ def read_records(
     return validator.finish().format, records
 
 
+def file_format(path: str | os.PathLike[str]) -> Format:
+    """The format of a dataset file, from its first line (which decides it); the file is not validated further."""
+    with open(path, "rb") as f:
+        first = f.readline(DEFAULT_MAX_LINE_BYTES + 1)
+    content = first.rstrip(b"\r\n")
+    if not content:
+        raise DatasetError(1, "the first line is empty; line 1 decides the format")
+    return _detect_format(1, _parse_line(1, content))
+
+
 def _parse_line(lineno: int, content: bytes) -> dict[str, Any]:
     if content.startswith(_BOM):
         where = "the file" if lineno == 1 else "the line"

@@ -25,6 +25,7 @@ from drlora_core.callbacks import ExpertStats, GrowthEvent, StopReason, Training
 from drlora_core.config import ConfigError, RunConfig
 from drlora_core.data import BatchStream, collate, load_dataset, pad_token_id
 from drlora_core.export import export_run_adapter
+from drlora_core.formats import file_format
 from drlora_core.merge_stream import export_merged
 from drlora_core.trainer import Batch, TrainResult, train
 
@@ -137,7 +138,8 @@ def train_run(model: str, train_file: Path, out_dir: Path, config: RunConfig, va
     adapter_dir = merged_dir = None
     if completed:
         adapter_dir = export_run_adapter(run.adapter, out_dir / "adapter", base_model=run.base_model,
-                                         events=result.growth_events, config=config, step=result.step)
+                                         events=result.growth_events, config=config, step=result.step,
+                                         data_format=file_format(train_file))
         if merged:
             merged_dir = export_merged(adapter_dir, resolve_model_dir(model), out_dir / "merged")
     return RunResult("completed" if completed else "stopped", None if completed else result.stopped, result.step,

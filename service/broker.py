@@ -13,6 +13,7 @@ from service.settings import Settings
 TRAIN_TASK = "drlora.train_job"
 PROFILE_TASK = "drlora.profile_routing"  # a routing profile (service/profiles.py): the profile id only
 EXPORT_TASK = "drlora.export_adapter"  # an adapter export (service/exports.py): the export id only
+GENERATE_TASK = "drlora.generate"  # completions by a job's adapter (service/generations.py): the generation id
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -73,3 +74,6 @@ def send_profile(app: Celery, profile_id: str) -> None:
 def send_export(app: Celery, export_id: str) -> None:
     """Raises whatever the broker raises; the export stays queued and the sweep re-sends it."""
     app.send_task(EXPORT_TASK, args=[export_id], retry=False)
+def send_generation(app: Celery, generation_id: str) -> None:
+    """Raises whatever the broker raises; the generation stays queued and the sweep re-sends it."""
+    app.send_task(GENERATE_TASK, args=[generation_id], retry=False)

@@ -22,7 +22,7 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import exports, jobstate, profiles
+from service import exports, generations, jobstate, profiles
 from service.broker import send_train
 from service.db import transaction
 from service.ids import now
@@ -38,6 +38,7 @@ def sweep_once(factory: sessionmaker[Session], celery: Celery, settings: Setting
     reclaim_lost(factory)
     profiles.sweep(factory, celery, settings)  # routing profiles: re-sent when queued too long, failed when lost
     exports.sweep(factory, celery, settings)  # adapter exports: re-sent when queued too long, requeued when lost
+    generations.sweep(factory, celery, settings)  # the same for generations
     return redispatch(factory, celery, settings)
 
 

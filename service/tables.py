@@ -10,7 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -262,6 +273,35 @@ class Profile(Base):
     finished_at: Mapped[float | None] = mapped_column(Float)
     dispatched_at: Mapped[float | None] = mapped_column(Float)
     __table_args__ = (Index("ix_profiles_status", "status"),)
+
+
+class Generation(Base):
+    """A few completions of prompts by a job's adapter (final, or a checkpoint's): queued -> running -> succeeded |
+    failed, like a profile (service/generations.py). `artifact_id` is the zip resolved when it was asked for;
+    `chat` whether the job's training data was chat (None: its file was gone). `completions` once it succeeded."""
+
+    __tablename__ = "generations"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    checkpoint: Mapped[str | None] = mapped_column(String(64))  # as asked for (id or step); None: the final adapter
+    artifact_id: Mapped[str] = mapped_column(String(40))
+    step: Mapped[int] = mapped_column(Integer)  # the adapter's training step
+    prompts: Mapped[list[str]] = mapped_column(JSON)
+    max_new_tokens: Mapped[int] = mapped_column(Integer)
+    temperature: Mapped[float] = mapped_column(Float)
+    top_p: Mapped[float] = mapped_column(Float)
+    seed: Mapped[int] = mapped_column(Integer)
+    chat: Mapped[bool | None] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(20))
+    completions: Mapped[list[str] | None] = mapped_column(JSON)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    dispatched_at: Mapped[float | None] = mapped_column(Float)
+    __table_args__ = (Index("ix_generations_status", "status"), Index("ix_generations_job", "job_id"))
 
 
 class Worker(Base):

@@ -16,8 +16,9 @@
 - Time limits: the job's limit (`DRLORA_JOB_TIME_LIMIT_S`) is enforced cooperatively by the engine callback, so the
   job fails with a `timeout` error and the worker takes the next one; Celery's own limits need a forking pool and
   would kill the process mid-write, so they are not used.
-- Routing profiles (`drlora.profile_routing`, worker/profile.py) and adapter exports (`drlora.export_adapter`,
-  worker/export.py) share the queue and the pool: each waits for the job before it on this worker, like a job would.
+- Routing profiles (`drlora.profile_routing`, worker/profile.py), adapter exports (`drlora.export_adapter`,
+  worker/export.py) and generations (`drlora.generate`, worker/generate.py) share the queue and the pool: each waits
+  for the job before it on this worker, like a job would.
 - Retries: none at the Celery level. A training error is deterministic and fails the job at once; a lost worker is
   retried by the sweep up to `max_attempts`, each attempt resuming from the last recorded checkpoint.
 - Webhooks: each worker process also runs the delivery loop (service/webhook_delivery.py) in a thread from the
@@ -35,12 +36,13 @@ from celery import Celery
 from celery.signals import task_received, worker_ready, worker_shutdown, worker_shutting_down
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.broker import EXPORT_TASK, PROFILE_TASK, TRAIN_TASK, make_celery
+from service.broker import EXPORT_TASK, GENERATE_TASK, PROFILE_TASK, TRAIN_TASK, make_celery
 from service.db import make_engine, make_sessionmaker
 from service.logsetup import job_context
 from service.settings import Settings, get_settings
 from service.webhook_delivery import delivery_loop
 from worker.export import run_export
+from worker.generate import run_generation
 from worker.job import run_job
 from worker.profile import run_profile
 from worker.recorder import shutdown_requested
@@ -84,6 +86,12 @@ def create_worker_app(settings: Settings) -> Celery:
         log.info("export %s: %s", export_id, outcome)
         return outcome
 
+    @app.task(name=GENERATE_TASK, ignore_result=True)
+    def generate_completions(generation_id: str) -> str:
+        outcome = run_generation(generation_id, factory, settings)
+        log.info("generation %s: %s", generation_id, outcome)
+        return outcome
+
     deliveries = delivery_loop(factory, settings)
 
     def start_deliveries(sender: Any, **_: Any) -> None:
@@ -107,7 +115,7 @@ def _on_shutdown(**_: Any) -> None:
 @task_received.connect
 def _ack_on_receipt(request: Any, **_: Any) -> None:
     """Ack a message now, in the consumer, rather than when Celery's loop next runs (after the job or profile)."""
-    if request.name not in (TRAIN_TASK, PROFILE_TASK, EXPORT_TASK) or request.acknowledged:
+    if request.name not in (TRAIN_TASK, PROFILE_TASK, EXPORT_TASK, GENERATE_TASK) or request.acknowledged:
         return
     try:
         request.message.ack()

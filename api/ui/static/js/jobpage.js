@@ -1,10 +1,12 @@
 // One job: status and controls, live loss and learning-rate charts over the event stream, the rank map with a step
-// slider that replays growth, the routing heatmaps, the events, the checkpoints and the adapter download.
+// slider that replays growth, the routing heatmaps, the events, the checkpoints, the adapter download and a prompt box
+// that tries the adapter (trybox.js).
 import { api, download, eventNumber, streamEvents } from "./api.js";
 import { createCharts, Series } from "./charts.js";
 import { duration, el, methodOf, num, TERMINAL } from "./format.js";
 import { createHeatmap } from "./heatmap.js";
 import { createRankMap } from "./rankmap.js";
+import { createTryBox } from "./trybox.js";
 
 const ACTIONS = { cancel: "Cancelling…", pause: "Pausing…", resume: "Resuming…" };
 // The statuses each request may be sent from, and the ones that mean it was carried out.
@@ -34,6 +36,7 @@ export function jobPage(root, jobId) {
   const showMetrics = el("input", { id: "show-metrics", type: "checkbox" });
   const checkpoints = el("tbody");
   const adapter = el("div", { class: "adapter" });
+  const tryBox = createTryBox(jobId);
   let job = null;
   let pending = null;
   let events = [];
@@ -59,6 +62,7 @@ export function jobPage(root, jobId) {
     el("section", { class: "card" }, el("h2", { text: "Routing signals (latest)" }),
       el("div", { class: "heats" }, ...Object.values(heatmaps).map((h) => h.root))),
     el("section", { class: "card" }, el("h2", { text: "Adapter" }), adapter),
+    el("section", { class: "card" }, el("h2", { text: "Try it" }), tryBox.root),
     el("section", { class: "card" }, el("h2", { text: "Checkpoints" }),
       el("table", {}, el("thead", {}, el("tr", {}, ...["Step", "Train loss", "Validation loss", "Saved", ""].map(
         (h) => el("th", { scope: "col", text: h })))), checkpoints)),
@@ -94,6 +98,7 @@ export function jobPage(root, jobId) {
       button.setAttribute("aria-busy", busy ? "true" : "false");
     }
     setLastStep(step);
+    tryBox.update(job);
   }
 
   function setLastStep(step) {
@@ -159,6 +164,7 @@ export function jobPage(root, jobId) {
       el("td", {}, el("button", { type: "button", text: "Download",
         "aria-label": `download the checkpoint at step ${c.step_number}`,
         onclick: () => save({ checkpoint: c.id }, adapter) })))));
+    tryBox.update(null, page.data.map((c) => ({ id: c.id, step: c.step_number })));
     if (!page.data.length) checkpoints.append(el("tr", {}, el("td", { colspan: 5, text: "No checkpoints yet." })));
   }
 
@@ -290,6 +296,7 @@ export function jobPage(root, jobId) {
   }, 2000);
   return () => {
     abort.abort();
+    tryBox.stop();
     clearInterval(timer);
     charts.destroy();
   };
