@@ -9,6 +9,7 @@ from api.owned import get_owned_job
 from api.schemas.generations import CompletionPublic, GenerationCreate, GenerationPublic
 from api.schemas.jobs import JobError
 from service import generations
+from service.errors import InvalidRequest
 from service.statuses import JobStatus
 from service.tables import Generation
 
@@ -29,9 +30,11 @@ def generation_public(row: Generation) -> GenerationPublic:
 
 @router.post("/{fine_tuning_job_id}/generations", response_model=GenerationPublic,
              status_code=status.HTTP_201_CREATED)
-def create_generation(body: GenerationCreate, session: SessionDep, factory: SessionFactoryDep,
-                      tenant: CurrentTenant, celery: CeleryDep, fine_tuning_job_id: str) -> GenerationPublic:
-    job = get_owned_job(session, tenant, fine_tuning_job_id)
+def create_generation(session: SessionDep, factory: SessionFactoryDep, tenant: CurrentTenant, celery: CeleryDep,
+                      fine_tuning_job_id: str, body: GenerationCreate | None = None) -> GenerationPublic:
+    job = get_owned_job(session, tenant, fine_tuning_job_id)  # first: another tenant's job is 404 whatever the body
+    if body is None:
+        raise InvalidRequest("a JSON body with `prompts` (1 to 8 strings) is required", param="prompts")
     request = generations.GenerationRequest(body.prompts, body.checkpoint, body.max_new_tokens, body.temperature,
                                             body.top_p, body.seed)
     row = generations.new_generation(session, tenant, job, request)

@@ -27,13 +27,13 @@ from api.main import create_app
 from api.ratelimit import REDIS_PREFIX, LocalLimiter, RedisLimiter
 from api.schemas.jobs import JobCreate, JobPublic
 from drlora_cli.bootstrap import migrate, new_key, register_model
-from service import exports
+from service import exports, generations
 from service.db import make_engine, make_sessionmaker, transaction
 from service.ids import new_id
 from service.keys import hash_key, revoke_key
 from service.quota import ACTIVE
 from service.settings import Settings
-from service.tables import ApiKey, Artifact, Checkpoint, Export, Job, JobEvent
+from service.tables import ApiKey, Artifact, Checkpoint, Export, Generation, Job, JobEvent, Tenant
 from tests.support.exports import build_export, store_file
 from tests.support.service import free_port, make_settings, start_api
 
@@ -195,6 +195,12 @@ class World:
         with transaction(make_sessionmaker(engine)) as s:
             self.export = exports.request(s, s.get_one(Job, self.job), exports.parse_options(dtype="bf16"), None)[0].id
         build_export(make_sessionmaker(engine), settings, self.export, b"PK owner export")
+        with transaction(make_sessionmaker(engine)) as s:
+            owner_job = s.get_one(Job, self.job)
+            row = generations.new_generation(s, s.get_one(Tenant, owner_job.tenant_id), owner_job,
+                                             generations.GenerationRequest(["owner prompt"]))
+            s.add(row)
+            self.generation = row.id
         with make_sessionmaker(engine)() as s:
             self.event = int(s.scalar(select(func.max(JobEvent.id)).where(JobEvent.job_id == self.job)) or 0)
             self.tenant = str(s.scalar(select(Job.tenant_id).where(Job.id == self.job)))
@@ -213,6 +219,11 @@ class World:
                          options={"layout": "fused", "dtype": "bf16", "base_model_name_or_path": None,
                                   "max_rank": None}, options_key="fused;bf16", status="queued", progress=0.0,
                          attempt=0, created_at=time.time()))
+            self.intruder_generation = new_id("ftgen")  # a queued generation (no adapter behind it is needed)
+            s.add(Generation(id=self.intruder_generation, tenant_id=s.get_one(Job, self.intruder_job).tenant_id,
+                             job_id=self.intruder_job, checkpoint=None, artifact_id="none", step=0,
+                             prompts=["intruder prompt"], max_new_tokens=8, temperature=0.0, top_p=1.0, seed=0,
+                             chat=False, status="queued", created_at=time.time()))
         engine.dispose()
         self.hook_url = f"https://93.184.216.34/owner-hook-{secrets.token_hex(4)}"  # a public address: no DNS
         self.webhook = self.register_webhook(self.owner, self.hook_url)
@@ -232,7 +243,7 @@ class World:
     def owner_markers(self) -> list[str]:
         """Strings only the owner's rows hold: none may reach the intruder."""
         return [self.file, self.job, self.model, self.checkpoint, "owner-metadata-value", self.tenant, self.webhook,
-                self.hook_url, self.profile, self.export]
+                self.hook_url, self.profile, self.export, self.generation]
 
     def operations(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(verb, path template, operation) for every route of the OpenAPI document."""
@@ -248,12 +259,14 @@ def world(pg_settings: Settings) -> Iterator[World]:
 # The id each path parameter names; a route with a parameter not listed here fails the test until it is added.
 UNKNOWN = {"file_id": "file-0123456789abcdef01234567", "fine_tuning_job_id": "ftjob-0123456789abcdef01234567",
            "model": "ft:test-model:owned:ftjob-0123456789abcdef01234567", "webhook_id": "wh-0123456789abcdef01234567",
-           "profile_id": "ftprof-0123456789abcdef01234567", "export_id": "export-0123456789abcdef01234567"}
+           "profile_id": "ftprof-0123456789abcdef01234567", "export_id": "export-0123456789abcdef01234567",
+           "generation_id": "ftgen-0123456789abcdef01234567"}
 
 
 def path_ids(world: World) -> dict[str, str]:
     return {"file_id": world.file, "fine_tuning_job_id": world.job, "model": world.model, "webhook_id": world.webhook,
-            "profile_id": world.profile, "export_id": world.export}
+            "profile_id": world.profile, "export_id": world.export,
+            "generation_id": world.generation}
 
 
 def fill(template: str, ids: dict[str, str]) -> str:
@@ -338,7 +351,8 @@ def test_lists_and_the_intruders_own_resources_never_show_foreign_rows(world: Wo
     for template in gets:
         url = fill(template, {"fine_tuning_job_id": world.intruder_job, "file_id": world.intruder_file,
                               "model": "test-model", "webhook_id": world.intruder_webhook,
-                              "profile_id": world.intruder_profile, "export_id": world.intruder_export})
+                              "profile_id": world.intruder_profile, "export_id": world.intruder_export,
+                              "generation_id": world.intruder_generation})
         r = call(world.app, "GET", url, headers=auth(world.intruder))
         assert r.status_code in (200, 409), (url, r.text)  # 409: the intruder's own adapter is not ready
         for marker in world.owner_markers():
