@@ -40,7 +40,7 @@ def rank_heatmaps(result: dict[str, Any], path: Path) -> Path:
     axes[-1, 0].set_xlabel("expert")
     fig.suptitle(f"{settings['task']} task: ranks at budget r_target={settings['r_target']} (r_init "
                  f"{settings['r_init']}, r_max {settings['r_max']}), {settings['steps']} steps", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (1.9 * len(panels))))  # room for the title
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

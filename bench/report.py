@@ -70,12 +70,15 @@ def quality_markdown(result: dict[str, Any]) -> str:
                   "tokens; per layer, the experts taking half of B's assignments ("
                   + "; ".join(f"L{i}: {e}" for i, e in enumerate(r["b_experts"])) + ") receive "
                   + ", ".join(f"{v:.1%}" for v in r["b_experts_traffic_share"]) + " of all assignments.", ""]
-    lines += ["| arm | " + " | ".join(names[m] for m in metrics) + " | growth events | s/run |",
-              "|---|" + "---|" * len(metrics) + "---|---|"]
+    hot = result["routing"]["b_experts"] if result.get("routing") else None
+    rank_cols = " | mean rank: B's experts / the others" if hot else ""
+    lines += ["| arm | " + " | ".join(names[m] for m in metrics) + f"{rank_cols} | growth events | s/run |",
+              "|---|" + "---|" * len(metrics) + ("---|" if hot else "") + "---|---|"]
     for arm, m in result["summary"].items():
         runs = [r for r in result["runs"] if r["arm"] == arm]
+        ranks = f" | {_ranks_on(runs, hot)}" if hot else ""
         lines.append(f"| {arm} | " + " | ".join(f"{100 * m[k]['mean']:.1f} ± {100 * m[k]['std']:.1f}" for k in metrics)
-                     + f" | {runs[0]['growth_events']} | {statistics.fmean(r['seconds'] for r in runs):.0f} |")
+                     + f"{ranks} | {runs[0]['growth_events']} | {statistics.fmean(r['seconds'] for r in runs):.0f} |")
     c = result["comparisons"]
     if "primary" in c:
         p = c["primary"]
@@ -97,6 +100,14 @@ def quality_markdown(result: dict[str, Any]) -> str:
     if result.get("heatmap"):
         lines += ["", f"rank heatmaps: {result['heatmap']}"]
     return "\n".join(lines)
+
+
+def _ranks_on(runs: list[dict[str, Any]], hot: list[list[int]]) -> str:
+    """Mean final rank (over seeds) of the experts taking half of part B's assignments, and of every other expert."""
+    on = [r["ranks"][layer][e] for r in runs for layer, chosen in enumerate(hot) for e in chosen]
+    off = [rank for r in runs for layer, row in enumerate(r["ranks"]) for e, rank in enumerate(row)
+           if e not in hot[layer]]
+    return f"{statistics.fmean(on):.1f} / {statistics.fmean(off):.1f}"
 
 
 def _interval(iv: dict[str, Any]) -> str:
