@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "drlora_cli.profiles_cmd",
     "drlora_cli.bench_cmd",
     "drlora_cli.estimate_cmd",
+    "drlora_cli.export_cmd",
 )
 
 
