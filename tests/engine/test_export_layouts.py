@@ -69,7 +69,7 @@ def test_layout_and_dtype_load_in_peft_with_the_engines_logits(family, layout, d
     assert {t.dtype for t in load_file(str(out / "adapter_model.safetensors")).values()} == {torch.bfloat16}
 
 
-@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "olmoe"])
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "olmoe", "deepseek_v3"])
 def test_per_expert_logits_equal_the_fused_layouts(family, tmp_path):
     _, adapter = adapted(family)
     export_peft(adapter, tmp_path / "fused", base_model=family)
