@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "drlora_cli.bench_cmd",
     "drlora_cli.estimate_cmd",
     "drlora_cli.generate_cmd",
+    "drlora_cli.export_cmd",
 )
 
 

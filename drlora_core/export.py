@@ -1,89 +1,65 @@
 """Write a trained adapter as a PEFT adapter directory (loadable without drlora). Merged models are written from
 that directory by `merge_stream.export_merged`.
 
-PEFT gives every targeted parameter one rank, so per-expert ranks are zero-padded to the largest active rank r_c;
-PEFT's scaling is made 1 (lora_alpha = r) and ours is folded into B, so the padding changes nothing.
-- fused experts use PEFT's `target_parameters`. PEFT wraps the parameters of one module in list order, each new
-  wrapper outside the previous one, so the i-th of n names is saved under (n - 1 - i) times `base_layer.`.
-  `lora_A.weight` is (E * r, in), expert-major; `lora_B.weight` is (out, r * E) with column j * E + e.
-- module-list experts use plain `target_modules`, one (r, in) / (out, r) pair per expert linear.
-A router trained with `train_router` goes in as a PEFT `modules_to_save` module (its full weights).
-`drlora_ranks.json` beside them keeps the true rank map and every growth event.
+The adapter is first turned into stored per-expert factors (`adapter_files.StoredAdapter`: each expert's A and B
+zero beyond its rank, our scaling folded into B), then written by `export_layouts.write_adapter`, the one writer of
+the PEFT key format (its docstring describes the layouts). A router trained with `train_router` goes in as a PEFT
+`modules_to_save` module. `drlora_ranks.json` beside them keeps the true rank map, the model type and every growth
+event.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from drlora_core.adapter import Adapter
-from drlora_core.adapter_files import StoredAdapter
-from drlora_core.atomic import fresh_tmp, publish_dir
+from drlora_core.adapter_files import RANKS_FILE, StoredAdapter, StoredSite
 from drlora_core.callbacks import GrowthEvent
 from drlora_core.config import RunConfig
+from drlora_core.export_layouts import write_adapter
+from drlora_core.export_options import ExportOptions
 from drlora_core.families import ExpertsSite, find_experts
 
-RANKS_FILE = "drlora_ranks.json"
+__all__ = ["RANKS_FILE", "export_peft", "export_run_adapter", "merge_stored_into_base",
+           "ranks_document", "stored_adapter"]
 
 
-def peft_tensors(adapter: Adapter, routers: bool = False) -> tuple[dict[str, torch.Tensor], int]:
-    """PEFT state dict (keys as PEFT saves them) and the common rank r_c."""
+@torch.no_grad()
+def stored_adapter(adapter: Adapter, *, base_model: str, events: Sequence[GrowthEvent] = (),
+                   extra: dict[str, Any] | None = None, routers: bool = False) -> StoredAdapter:
+    """The adapter's factors on the CPU, as `adapter_files.read_adapter` would read them back from its export."""
     r_c = max(max(r) for r in adapter.ranks())
-    tensors: dict[str, torch.Tensor] = {}
-    for site, bank in zip(adapter.sites, adapter.banks, strict=True):
-        mask = bank.slice_mask()[:, :r_c]
-        names = bank.projection_names
-        for i, name in enumerate(names):
-            a = bank.lora_A[name][:, :r_c].detach().float() * mask[:, :, None]
-            b = bank.lora_B[name][:, :, :r_c].detach().float() * mask[:, None, :] * bank.scaling
-            if site.style == "fused":
-                prefix = f"base_model.model.{site.path}." + "base_layer." * (len(names) - 1 - i)
-                tensors[prefix + "lora_A.weight"] = a.reshape(-1, a.shape[-1]).contiguous()
-                tensors[prefix + "lora_B.weight"] = b.permute(1, 2, 0).reshape(b.shape[1], -1).contiguous()
-            else:
-                for e in range(bank.num_experts):
-                    prefix = f"base_model.model.{site.path}.{e}.{name}."
-                    tensors[prefix + "lora_A.weight"] = a[e].contiguous()
-                    tensors[prefix + "lora_B.weight"] = b[e].contiguous()
-        if routers and site.router is not None:
-            for pname, param in site.router.named_parameters():
-                tensors[f"base_model.model.{site.router_path}.{pname}"] = param.detach().float().contiguous()
-    return {k: v.cpu() for k, v in tensors.items()}, r_c
-
-
-def peft_config(adapter: Adapter, r_c: int, base_model: str, routers: bool = False) -> dict[str, Any]:
-    fused = [s for s in adapter.sites if s.style == "fused"]
-    listed = [s for s in adapter.sites if s.style == "module_list"]
-    target_parameters = _unique(f"{s.path.rpartition('.')[2]}.{p.name}" for s in fused for p in s.projections)
-    target_modules: str | list[str] = []
-    if listed:
-        paths = "|".join(re.escape(s.path) for s in listed)
-        names = "|".join(_unique(p.name for s in listed for p in s.projections))
-        target_modules = rf"^({paths})\.\d+\.({names})$"
+    sites = []
+    for site, bank, ranks in zip(adapter.sites, adapter.banks, adapter.ranks(), strict=True):
+        mask = bank.slice_mask()[:, :r_c].float()
+        lora_a = {n: (bank.lora_A[n][:, :r_c].float() * mask[:, :, None]).cpu() for n in bank.projection_names}
+        lora_b = {n: (bank.lora_B[n][:, :, :r_c].float() * mask[:, None, :] * bank.scaling).cpu()
+                  for n in bank.projection_names}
+        sites.append(StoredSite(site.layer, site.path, site.style, tuple(bank.projection_names), tuple(ranks),
+                                lora_a, lora_b))
+    router_weights = {f"{s.router_path}.{pname}": p.detach().float().cpu()
+                      for s in adapter.sites if routers and s.router is not None
+                      for pname, p in s.router.named_parameters()}
     is_hf = hasattr(adapter.model, "generation_config") or hasattr(adapter.model, "can_generate")
-    return {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM" if is_hf else None, "base_model_name_or_path": base_model,
-        "r": r_c, "lora_alpha": r_c, "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
-        "use_rslora": False, "use_dora": False, "inference_mode": True, "init_lora_weights": True,
-        "target_modules": target_modules, "target_parameters": target_parameters or None,
-        "modules_to_save": _unique(str(s.router_path).rpartition(".")[2] for s in adapter.sites) if routers else None,
-        "rank_pattern": {}, "alpha_pattern": {},
-    }
+    config = {"task_type": "CAUSAL_LM" if is_hf else None, "base_model_name_or_path": base_model,
+              "modules_to_save": list(dict.fromkeys(str(s.router_path).rpartition(".")[2] for s in adapter.sites))
+              if routers else None}
+    return StoredAdapter(tuple(sites), router_weights, config, ranks_document(adapter, events, extra or {}))
 
 
 def ranks_document(adapter: Adapter, events: Sequence[GrowthEvent], extra: dict[str, Any]) -> dict[str, Any]:
     cfg = adapter.config
+    model_type = getattr(getattr(adapter.model, "config", None), "model_type", None)
     return {
         "method": cfg.method, "r_init": cfg.r_init, "r_target": cfg.r_target, "r_max": cfg.r_max,
-        "scaling": cfg.scaling, "ranks": adapter.ranks(),
+        "scaling": cfg.scaling, "model_type": model_type if isinstance(model_type, str) else None,
+        "ranks": adapter.ranks(),
         "layers": [{"layer": s.layer, "path": s.path, "num_experts": s.num_experts,
                     "projections": [p.name for p in s.projections]} for s in adapter.sites],
         "events": [asdict(e) for e in events], **extra,
@@ -92,14 +68,10 @@ def ranks_document(adapter: Adapter, events: Sequence[GrowthEvent], extra: dict[
 
 def export_peft(adapter: Adapter, out_dir: Path, *, base_model: str, events: Sequence[GrowthEvent] = (),
                 extra: dict[str, Any] | None = None, routers: bool = False) -> Path:
-    """Write the adapter directory atomically (temporary folder, fsync, rename); `routers` adds the routers'
-    weights (for runs that trained them)."""
-    tensors, r_c = peft_tensors(adapter, routers)
-    tmp = fresh_tmp(out_dir)
-    save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-    _write_json(tmp / "adapter_config.json", peft_config(adapter, r_c, base_model, routers))
-    _write_json(tmp / RANKS_FILE, ranks_document(adapter, events, extra or {}))
-    return publish_dir(tmp, out_dir)
+    """Write the adapter directory atomically (temporary folder, fsync, rename) in the fused layout; `routers` adds
+    the routers' weights (for runs that trained them)."""
+    stored = stored_adapter(adapter, base_model=base_model, events=events, extra=extra, routers=routers)
+    return write_adapter(stored, out_dir, ExportOptions())
 
 
 def export_run_adapter(adapter: Adapter, out_dir: Path, *, base_model: str, events: Sequence[GrowthEvent],
@@ -141,11 +113,3 @@ def _add_delta(site: ExpertsSite, name: str, delta: torch.Tensor) -> None:
     for e, expert in enumerate(site.module):  # type: ignore[arg-type]
         linear: nn.Linear = getattr(expert, name)
         linear.weight.add_(delta[e].to(linear.weight.dtype))
-
-
-def _unique(items: Any) -> list[str]:
-    return list(dict.fromkeys(items))
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=1) + "\n")
