@@ -74,6 +74,10 @@ def read_adapter(directory: Path) -> StoredAdapter:
                                 "(download the job's adapter, or point at a run's adapter/ folder)")
     config = json.loads((directory / CONFIG_FILE).read_text())
     doc = json.loads((directory / RANKS_FILE).read_text())
+    layout = (doc.get("export") or {}).get("layout", "fused")
+    if layout != "fused":
+        raise AdapterFilesError(f"{directory} is a {layout} export, which drlora does not read back: use the job's "
+                                "adapter as trained (or a fused export of it)")
     tensors = load_file(str(directory / WEIGHTS_FILE), device="cpu")
     prefix = "base_model.model."
     sites = tuple(_read_site(tensors, prefix, layer, ranks)

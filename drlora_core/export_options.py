@@ -1,8 +1,9 @@
 """What an export of a trained adapter should look like (standard library only: the API validates these too).
 
 - `layout`: `fused` (PEFT `target_parameters` on the fused 3-D experts, what training writes), `per_expert` (one
-  LoRA per expert and projection, `experts.{e}.gate_proj` / `up_proj` / `down_proj` keys, the layout vLLM reads for
-  every MoE family), or `merged` (the base model's own checkpoint with the LoRA folded into its weights).
+  LoRA per expert and projection under the checkpoint's own names, e.g. `experts.{e}.gate_proj`, padded to one
+  rank; Mixtral, Qwen3-MoE, OLMoE and DeepSeek-V3: see `export_layouts`), or `merged` (the base model's own
+  checkpoint with the LoRA folded into its weights).
 - `dtype`: `fp32` or `bf16`; `auto` is fp32 for adapters and the base checkpoint's own dtype for a merged model.
 - `base_model_name_or_path`: written into adapter_config.json (the Hub id or path the user will load the base
   from); None keeps the name the run was trained with.

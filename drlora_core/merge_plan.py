@@ -100,6 +100,11 @@ def skeleton(base: BaseCheckpoint) -> nn.Module:
 
 def plan_merge(stored: StoredAdapter, model: nn.Module, base: BaseCheckpoint) -> MergePlan:
     """Map every update and router of `stored` to the checkpoint's keys; raise `MergeError` on any mismatch."""
+    trained_on, base_type = stored.ranks_doc.get("model_type"), base.config.get("model_type")
+    if trained_on and base_type and trained_on != base_type:
+        raise MergeError(f"wrong base model: the adapter was trained on a {trained_on} model and {base.directory} "
+                         f"holds a {base_type} one; merge into the model the adapter was trained on "
+                         f"({stored.base_model or 'see adapter_config.json'})")
     try:
         sites = {s.path: s for s in find_experts(model)}
     except UnsupportedModelError as err:

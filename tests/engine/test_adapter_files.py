@@ -33,3 +33,14 @@ def test_trained_routers_come_back_by_model_path(tmp_path):
 def test_a_directory_without_the_ranks_file_is_refused_by_name(tmp_path):
     with pytest.raises(AdapterFilesError, match=r"drlora_ranks\.json"):
         read_adapter(tmp_path)
+
+
+def test_a_per_expert_export_is_refused_with_what_to_use_instead(tmp_path):
+    from drlora_core.export_layouts import write_adapter
+    from drlora_core.export_options import ExportOptions
+
+    _, adapter = adapted("qwen3_moe")
+    export_peft(adapter, tmp_path / "adapter", base_model="qwen3_moe")
+    write_adapter(read_adapter(tmp_path / "adapter"), tmp_path / "per-expert", ExportOptions(layout="per_expert"))
+    with pytest.raises(AdapterFilesError, match="per_expert export"):
+        read_adapter(tmp_path / "per-expert")
