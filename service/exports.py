@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from drlora_core.export_options import ExportOptions
+from service import doorbell
 from service.artifacts import find_artifact, source_of
 from service.broker import send_export
 from service.db import transaction
@@ -126,10 +127,6 @@ def _held(export_id: str, worker_id: str, attempt: int) -> ColumnElement[bool]:
             & (Export.attempt == attempt))
 
 
-def dispatch(session: Session, export_id: str) -> bool:
-    return _update(session, (Export.id == export_id) & (Export.status == JobStatus.queued), dispatched_at=now())
-
-
 def claim(session: Session, export_id: str, worker_id: str) -> int | None:
     """queued -> running for this worker; returns the attempt number it now holds, or None."""
     row = session.get(Export, export_id)
@@ -172,15 +169,8 @@ def fail(session: Session, export_id: str, worker_id: str | None, attempt: int |
 
 
 def send(factory: sessionmaker[Session], celery: Celery, export_id: str) -> bool:
-    """Send the export's doorbell, then note when; a failed send leaves it queued for the sweep."""
-    try:
-        send_export(celery, export_id)
-    except Exception as e:  # any broker failure: the sweep re-sends it
-        log.warning("could not send export %s to the broker (%s); the sweep will retry", export_id, e)
-        return False
-    with transaction(factory) as session:
-        dispatch(session, export_id)
-    return True
+    """Ring the export's doorbell; a failed send leaves it queued for the sweep."""
+    return doorbell.ring(factory, Export, export_id, lambda row_id: send_export(celery, row_id))
 
 
 def reclaim_lost(factory: sessionmaker[Session], stale_s: float) -> list[str]:
@@ -206,14 +196,5 @@ def reclaim_lost(factory: sessionmaker[Session], stale_s: float) -> list[str]:
 def sweep(factory: sessionmaker[Session], celery: Celery, settings: Settings) -> list[str]:
     """Requeue exports whose worker was lost, re-send queued ones the broker lost; returns the ids it sent."""
     reclaim_lost(factory, settings.lease_s)
-    t = now()
-    with factory() as session:
-        due = session.scalars(select(Export.id).where(
-            (Export.status == JobStatus.queued)
-            & (Export.dispatched_at.is_(None) | (Export.dispatched_at < t - settings.redispatch_after_s)))).all()
-    sent = []
-    for export_id in due:
-        if not send(factory, celery, export_id):
-            break
-        sent.append(export_id)
-    return sent
+    return doorbell.ring_due(factory, Export, settings.redispatch_after_s,
+                             lambda row_id: send_export(celery, row_id))

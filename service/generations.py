@@ -20,6 +20,7 @@ from celery import Celery
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import doorbell
 from service.artifacts import find_artifact
 from service.broker import send_generation
 from service.db import transaction
@@ -106,11 +107,6 @@ def _update(session: Session, where: ColumnElement[bool], **values: object) -> b
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-def dispatch(session: Session, generation_id: str) -> bool:
-    return _update(session, (Generation.id == generation_id) & (Generation.status == JobStatus.queued),
-                   dispatched_at=now())
-
-
 def claim(session: Session, generation_id: str, worker_id: str) -> bool:
     return _update(session, (Generation.id == generation_id) & (Generation.status == JobStatus.queued),
                    status=JobStatus.running, worker_id=worker_id, started_at=now())
@@ -135,15 +131,8 @@ def _held(generation_id: str, worker_id: str) -> ColumnElement[bool]:
 
 
 def send(factory: sessionmaker[Session], celery: Celery, generation_id: str) -> bool:
-    """Send the generation's doorbell, then note when; a failed send leaves it queued for the sweep."""
-    try:
-        send_generation(celery, generation_id)
-    except Exception as e:  # any broker failure: the sweep re-sends it
-        log.warning("could not send generation %s to the broker (%s); the sweep will retry", generation_id, e)
-        return False
-    with transaction(factory) as session:
-        dispatch(session, generation_id)
-    return True
+    """Ring the generation's doorbell; a failed send leaves it queued for the sweep."""
+    return doorbell.ring(factory, Generation, generation_id, lambda row_id: send_generation(celery, row_id))
 
 
 def sweep(factory: sessionmaker[Session], celery: Celery, settings: Settings) -> list[str]:
@@ -154,14 +143,5 @@ def sweep(factory: sessionmaker[Session], celery: Celery, settings: Settings) ->
         for generation_id in session.scalars(select(Generation.id).where(stale)).all():
             fail(session, generation_id, None, "worker_lost",
                  f"the generation ran longer than {GENERATION_TIME_LIMIT_S:.0f} s: its worker was lost; ask again")
-    with factory() as session:
-        due = session.scalars(select(Generation.id).where(
-            (Generation.status == JobStatus.queued)
-            & (Generation.dispatched_at.is_(None)
-               | (Generation.dispatched_at < t - settings.redispatch_after_s)))).all()
-    sent = []
-    for generation_id in due:
-        if not send(factory, celery, generation_id):
-            break
-        sent.append(generation_id)
-    return sent
+    return doorbell.ring_due(factory, Generation, settings.redispatch_after_s,
+                             lambda row_id: send_generation(celery, row_id))

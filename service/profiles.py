@@ -21,6 +21,7 @@ from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from drlora_core.config import RunConfig
+from service import doorbell
 from service.broker import send_profile
 from service.db import transaction
 from service.errors import InvalidRequest
@@ -68,10 +69,6 @@ def _update(session: Session, where: ColumnElement[bool], **values: object) -> b
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-def dispatch(session: Session, profile_id: str) -> bool:
-    return _update(session, (Profile.id == profile_id) & (Profile.status == JobStatus.queued), dispatched_at=now())
-
-
 def claim(session: Session, profile_id: str, worker_id: str) -> bool:
     return _update(session, (Profile.id == profile_id) & (Profile.status == JobStatus.queued),
                    status=JobStatus.running, worker_id=worker_id, started_at=now())
@@ -96,15 +93,8 @@ def _held(profile_id: str, worker_id: str) -> ColumnElement[bool]:
 
 
 def send(factory: sessionmaker[Session], celery: Celery, profile_id: str) -> bool:
-    """Send the profile's doorbell, then note when; a failed send leaves it queued for the sweep."""
-    try:
-        send_profile(celery, profile_id)
-    except Exception as e:  # any broker failure: the sweep re-sends it
-        log.warning("could not send profile %s to the broker (%s); the sweep will retry", profile_id, e)
-        return False
-    with transaction(factory) as session:
-        dispatch(session, profile_id)
-    return True
+    """Ring the profile's doorbell; a failed send leaves it queued for the sweep."""
+    return doorbell.ring(factory, Profile, profile_id, lambda row_id: send_profile(celery, row_id))
 
 
 def sweep(factory: sessionmaker[Session], celery: Celery, settings: Settings) -> list[str]:
@@ -115,13 +105,5 @@ def sweep(factory: sessionmaker[Session], celery: Celery, settings: Settings) ->
         for profile_id in session.scalars(select(Profile.id).where(stale)).all():
             fail(session, profile_id, None, "worker_lost",
                  f"the profile ran longer than {PROFILE_TIME_LIMIT_S:.0f} s: its worker was lost; create it again")
-    with factory() as session:
-        due = session.scalars(select(Profile.id).where(
-            (Profile.status == JobStatus.queued)
-            & (Profile.dispatched_at.is_(None) | (Profile.dispatched_at < t - settings.redispatch_after_s)))).all()
-    sent = []
-    for profile_id in due:
-        if not send(factory, celery, profile_id):
-            break
-        sent.append(profile_id)
-    return sent
+    return doorbell.ring_due(factory, Profile, settings.redispatch_after_s,
+                             lambda row_id: send_profile(celery, row_id))
