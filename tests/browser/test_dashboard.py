@@ -191,7 +191,8 @@ def test_pause_and_resume_from_the_buttons(page: Page, served: Served) -> None:
     with open(demo_paths()[1], "rb") as f:
         file_id = served.api.http.post("/v1/files", files={"file": ("train.jsonl", f)},
                                        data={"purpose": "fine-tune"}).json()["id"]
-    hyperparameters = {**FORM, "max_steps": 400, "eval_every": 0, "checkpoint_every": 0}
+    # long enough that a fast machine cannot finish it before the pause lands (the test cancels it at the end)
+    hyperparameters = {**FORM, "max_steps": 20000, "eval_every": 0, "checkpoint_every": 0}
     job_id = served.api.post("/v1/fine_tuning/jobs", {
         "model": "drlora-demo-moe", "training_file": file_id,
         "method": {"type": "dr_lora", "dr_lora": {"hyperparameters": hyperparameters}}}).json()["id"]

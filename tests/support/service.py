@@ -370,8 +370,16 @@ class Cluster:
         return adapter_count(self.factory, job_id)
 
     def messages(self, job_id: str) -> list[str]:
-        events = self.api.get(f"/v1/fine_tuning/jobs/{job_id}/events", limit=1000).json()["data"]
-        return [e["message"] for e in events]
+        """Every event message of the job, newest first (paged: a fast job can log more than one page)."""
+        messages: list[str] = []
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": 1000} if after is None else {"limit": 1000, "after": after}
+            page = self.api.get(f"/v1/fine_tuning/jobs/{job_id}/events", **params).json()
+            messages += [e["message"] for e in page["data"]]
+            if not page["has_more"] or not page["data"]:
+                return messages
+            after = page["data"][-1]["id"]
 
     def wait(self, job_id: str, until: Callable[[], T], what: str) -> T:
         """Poll `until()` while the job moves: its row (status, attempt, step, heartbeat), its newest event and the
