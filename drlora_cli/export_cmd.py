@@ -27,7 +27,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-rank", type=int, help="cap every expert's rank by truncated SVD; the errors are "
                                                 "printed and kept in drlora_ranks.json")
     p.add_argument("--base-model-name", help="base_model_name_or_path to write in adapter_config.json")
-    p.add_argument("--base-model-dir", type=Path, help="with --layout merged: the base model's local directory")
+    p.add_argument("--base-model-dir", type=Path,
+                   help="with --layout merged: the base model's local directory (default: the base the adapter was "
+                        "trained on, when it is the demo model or a local directory)")
     p.set_defaults(handler=run)
 
 
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = ExportOptions(layout=args.layout, dtype=args.dtype, base_model_name_or_path=args.base_model_name,
                                 max_rank=args.max_rank)
-        out = export_stored(src, args.out, options, base_model_dir=args.base_model_dir)
+        base_dir = args.base_model_dir or (trained_base(src) if options.layout == "merged" else None)
+        out = export_stored(src, args.out, options, base_model_dir=base_dir)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -49,6 +52,23 @@ def run(args: argparse.Namespace) -> int:
     if options.max_rank is not None and ranks_file.is_file():
         print(cap_table(json.loads(ranks_file.read_text()).get("rank_cap") or {}))
     return 0
+
+
+def trained_base(src: Path) -> Path:
+    """The local directory of the base the adapter names (the demo id or a path), for a merge without
+    --base-model-dir."""
+    from drlora_core.adapter_files import CONFIG_FILE, RANKS_FILE
+    from drlora_core.assets import resolve_model_dir
+
+    recorded: dict[str, Any] = {}
+    for name in (RANKS_FILE, CONFIG_FILE):
+        if (src / name).is_file():
+            recorded = {**json.loads((src / name).read_text()), **recorded}
+    model = recorded.get("base_model") or recorded.get("base_model_name_or_path") or ""
+    try:
+        return resolve_model_dir(str(model))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"the adapter's base model: {err}; pass --base-model-dir") from None
 
 
 def adapter_dir(src: Path) -> Path:

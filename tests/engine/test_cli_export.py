@@ -41,3 +41,14 @@ def test_merged_without_the_base_directory_is_an_error(tmp_path, capsys):
     export_peft(adapter, tmp_path / "adapter", base_model="q")
     assert main(["export", str(tmp_path / "adapter"), "--out", str(tmp_path / "m"), "--layout", "merged"]) == 2
     assert "base_model_dir" in capsys.readouterr().err
+
+
+def test_a_merge_without_a_base_dir_uses_the_base_the_adapter_was_trained_on(tmp_path):
+    from drlora_cli.export_cmd import trained_base
+    from drlora_core.assets import DEMO_MODEL_ID, demo_model_dir
+
+    (tmp_path / "drlora_ranks.json").write_text(json.dumps({"base_model": DEMO_MODEL_ID}))
+    assert trained_base(tmp_path) == demo_model_dir()
+    (tmp_path / "drlora_ranks.json").write_text(json.dumps({"base_model": "/srv/models/gone"}))
+    with pytest.raises(FileNotFoundError, match="pass --base-model-dir"):
+        trained_base(tmp_path)
