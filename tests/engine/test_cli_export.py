@@ -36,11 +36,11 @@ def test_the_table_shows_ten_and_counts_the_rest():
     assert "0.1200" in table.splitlines()[2] and "... and 3 more" in table
 
 
-def test_merged_without_the_base_directory_is_an_error(tmp_path, capsys):
+def test_merged_without_a_base_it_can_find_is_an_error_naming_the_flag(tmp_path, capsys):
     _, adapter = adapted("qwen3_moe")
     export_peft(adapter, tmp_path / "adapter", base_model="q")
     assert main(["export", str(tmp_path / "adapter"), "--out", str(tmp_path / "m"), "--layout", "merged"]) == 2
-    assert "base_model_dir" in capsys.readouterr().err
+    assert "pass --base-model-dir" in capsys.readouterr().err
 
 
 def test_a_merge_without_a_base_dir_uses_the_base_the_adapter_was_trained_on(tmp_path):
