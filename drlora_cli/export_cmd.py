@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from drlora_core.adapter_files import RANKS_FILE
+    from drlora_core.adapter_files import RANKS_FILE, adapter_dir
     from drlora_core.export_options import ExportOptions
     from drlora_core.exporting import export_stored
 
@@ -69,12 +69,6 @@ def trained_base(src: Path) -> Path:
         return resolve_model_dir(str(model))
     except FileNotFoundError as err:
         raise FileNotFoundError(f"the adapter's base model: {err}; pass --base-model-dir") from None
-
-
-def adapter_dir(src: Path) -> Path:
-    """`src` itself, or its adapter/ folder when `src` is a `drlora train` output directory."""
-    nested = src / "adapter"
-    return nested if not (src / "adapter_config.json").is_file() and nested.is_dir() else src
 
 
 def cap_table(report: dict[str, Any]) -> str:

@@ -83,7 +83,9 @@ def _adapter_dir(adapter: str, checkpoint: str | None) -> Path:
         if checkpoint:
             raise ValueError("--checkpoint goes with a job id; for a directory, point --adapter at the checkpoint's "
                              "adapter/ folder")
-        return path
+        from drlora_core.adapter_files import adapter_dir
+
+        return adapter_dir(path)
     if not adapter.startswith(JOB_PREFIX):
         raise ValueError(f"--adapter {adapter!r} is neither a directory nor a job id ({JOB_PREFIX}...)")
     return fetch_job_adapter(adapter, checkpoint)

@@ -66,6 +66,12 @@ class StoredAdapter:
         return max(max(s.ranks) for s in self.sites)
 
 
+def adapter_dir(src: Path) -> Path:
+    """`src` itself, or its adapter/ folder when `src` is a `drlora train` output directory."""
+    nested = src / "adapter"
+    return nested if not (src / CONFIG_FILE).is_file() and nested.is_dir() else src
+
+
 def read_adapter(directory: Path) -> StoredAdapter:
     """Load `directory` (adapter_config.json, adapter_model.safetensors, drlora_ranks.json) on the CPU."""
     missing = [n for n in (CONFIG_FILE, WEIGHTS_FILE, RANKS_FILE) if not (directory / n).is_file()]
