@@ -39,7 +39,8 @@ def test_a_prompt_on_a_finished_job_gets_a_completion(page: Page, served: Served
     assert posted.value.status == 201
     generation_id = posted.value.json()["id"]
     answers = page.get_by_role("list", name="completions").locator("li")
-    expect(answers).to_have_count(1, timeout=300_000)
+    served.api.wait_done(f"/v1/fine_tuning/jobs/{job_id}/generations/{generation_id}", "the generation")
+    expect(answers).to_have_count(1)  # the page polls every second
     expect(answers.locator(".prompt")).to_have_text("What is 12 plus <b>7</b>?")  # shown as text, not markup
     assert page.locator(".completions b").count() == 0
     expect(page.locator("#try-state")).to_have_text("Step 6:")
@@ -51,5 +52,6 @@ def test_a_prompt_on_a_finished_job_gets_a_completion(page: Page, served: Served
     with page.expect_response(lambda r: r.url.endswith("/generations") and r.request.method == "POST") as posted:
         page.get_by_role("button", name="Generate").click()
     assert posted.value.json()["step"] == 2
-    expect(answers).to_have_count(2, timeout=300_000)
+    served.api.wait_done(f"/v1/fine_tuning/jobs/{job_id}/generations/{posted.value.json()['id']}", "the generation")
+    expect(answers).to_have_count(2)
     expect(page.locator("#try-state")).to_have_text("Step 2:")

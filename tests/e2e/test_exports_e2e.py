@@ -16,19 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from drlora_cli.bootstrap import migrate, new_key, register_model
 from tests.support.service import (
     HANG_GUARD_S,
     REPO,
-    STALL_FLOOR_S,
     Api,
+    api_and_worker,
     demo_paths,
     dr_lora,
-    free_port,
     loads_torch,
-    make_settings,
-    start_api,
-    start_worker,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(HANG_GUARD_S)]
@@ -36,18 +31,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(HANG_GUARD_S)]
 
 @pytest.fixture(scope="module")
 def served(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, int]]:
-    data = tmp_path_factory.mktemp("e2e-exports")
-    settings = make_settings(data, pg_url, redis_url, task_queue=f"drlora-e2e-{data.name}")
-    migrate(settings)
-    register_model(settings, "drlora-demo-moe", demo_paths()[0])
-    port = free_port()
-    api = start_api(settings, port, data / "api.log")
-    worker = start_worker(settings, data / "worker.log")
-    try:
-        yield f"http://127.0.0.1:{port}", new_key(settings, "exports-e2e").key, api.pid
-    finally:
-        worker.stop()
-        api.stop()
+    with api_and_worker(pg_url, redis_url, tmp_path_factory.mktemp("e2e-exports"), "exports-e2e") as served:
+        yield served
 
 
 def bf16_only(weights: bytes) -> bool:
@@ -70,11 +55,18 @@ def test_a_worker_builds_a_bf16_export_that_the_cli_downloads(served: tuple[str,
         finished = api.job(job_id)
         assert finished["status"] == "succeeded", finished["error"]
 
+        # the worker builds it: wait on what it reports; the CLI below then finds it built and downloads it
+        export = api.post(f"/v1/fine_tuning/jobs/{job_id}/exports",
+                          {"dtype": "bf16", "base_model_name_or_path": "my-org/demo-moe"})
+        assert export.status_code == 201, export.text
+        built = api.wait_done(f"/v1/fine_tuning/jobs/{job_id}/exports/{export.json()['id']}", "the export")
+        assert built["status"] == "succeeded", built["error"]
+
     env = {**os.environ, "DRLORA_BASE_URL": url, "DRLORA_API_KEY": key}
     dest = tmp_path / "bf16.zip"
     done = subprocess.run([sys.executable, "-m", "drlora_cli.main", "adapter", "download", job_id, "--dtype", "bf16",
                            "--base-model-name", "my-org/demo-moe", "--interval", "0.5", "-o", str(dest)],
-                          env=env, cwd=REPO, text=True, capture_output=True, timeout=STALL_FLOOR_S * 2)
+                          env=env, cwd=REPO, text=True, capture_output=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stdout + done.stderr
     assert ": succeeded 100%" in done.stderr and "sha256" in done.stdout
     with zipfile.ZipFile(dest) as zf:

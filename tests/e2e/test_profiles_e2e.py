@@ -13,17 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from drlora_cli.bootstrap import migrate, new_key, register_model
 from tests.support.service import (
     HANG_GUARD_S,
     REPO,
     STALL_FLOOR_S,
     Api,
+    api_and_worker,
     demo_paths,
-    free_port,
     loads_torch,
-    start_api,
-    start_worker,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(HANG_GUARD_S)]
@@ -31,20 +28,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(HANG_GUARD_S)]
 
 @pytest.fixture(scope="module")
 def served(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, int]]:
-    data = tmp_path_factory.mktemp("e2e-profiles")
-    from tests.support.service import make_settings
-
-    settings = make_settings(data, pg_url, redis_url, task_queue=f"drlora-e2e-{data.name}")
-    migrate(settings)
-    register_model(settings, "drlora-demo-moe", demo_paths()[0])
-    port = free_port()
-    api = start_api(settings, port, data / "api.log")
-    worker = start_worker(settings, data / "worker.log")
-    try:
-        yield f"http://127.0.0.1:{port}", new_key(settings, "profiles-e2e").key, api.pid
-    finally:
-        worker.stop()
-        api.stop()
+    with api_and_worker(pg_url, redis_url, tmp_path_factory.mktemp("e2e-profiles"), "profiles-e2e") as served:
+        yield served
 
 
 def drlora(url: str, key: str, *args: str) -> subprocess.CompletedProcess[str]:

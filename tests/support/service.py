@@ -303,6 +303,16 @@ class Api:
 
         return self.wait_job(job_id, reached, f"to be {'/'.join(statuses)}")
 
+    def wait_done(self, path: str, what: str) -> dict[str, Any]:
+        """Poll a worker-built resource (an export, a generation, a profile) until it leaves queued/running, for as
+        long as its status, progress or stage keeps changing within the stall bound."""
+        def observe() -> tuple[dict[str, Any] | None, Hashable, None]:
+            got = self.get(path).json()
+            done = got.get("status") not in ("queued", "running")
+            return (got if done else None), (got.get("status"), got.get("progress"), got.get("stage")), None
+
+        return wait_progress(observe, self.pace, what)
+
     def wait_step(self, job_id: str, step: int) -> dict[str, Any]:
         def reached(job: dict[str, Any]) -> bool:
             assert job["status"] in ("queued", "running"), job
@@ -432,3 +442,22 @@ def running_cluster(settings: Settings, logs: Path) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.close()
+
+
+@contextlib.contextmanager
+def api_and_worker(pg_url: str, redis_url: str, data: Path, tenant: str) -> Iterator[tuple[str, str, int]]:
+    """A migrated database with the demo model registered, an API process and one worker on their own queue:
+    yields (url, an API key of `tenant`, the API's pid)."""
+    from drlora_cli.bootstrap import migrate, new_key, register_model
+
+    settings = make_settings(data, pg_url, redis_url, task_queue=f"drlora-e2e-{data.name}")
+    migrate(settings)
+    register_model(settings, "drlora-demo-moe", demo_paths()[0])
+    port = free_port()
+    api = start_api(settings, port, data / "api.log")
+    worker = start_worker(settings, data / "worker.log")
+    try:
+        yield f"http://127.0.0.1:{port}", new_key(settings, tenant).key, api.pid
+    finally:
+        worker.stop()
+        api.stop()
